@@ -1,0 +1,136 @@
+"""What the CLI commands do, apart from flag parsing: kept here so they are testable."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rbi.cli.render import fmt, outcome_panel
+from rbi.engine import LocalExecutor, PreparationFailed, PreparedRun, prepare
+from rbi.errors import SpecError
+from rbi.outcome import RunOutcome
+from rbi.spec import StrategySpec, load_spec
+
+
+def _spec_for(path: Path, *, mode: str | None, params: dict[str, Any], limit_overrides: dict[str, Any]) -> StrategySpec:
+    spec = load_spec(path)
+    try:
+        limits = spec.limits.override(**limit_overrides)
+    except ValueError as exc:
+        raise SpecError(f"limit flags: {exc}") from None
+    return replace(spec, mode=mode or spec.mode, params={**spec.params, **params}, limits=limits)
+
+
+def _store_outcome(store: Any, spec: StrategySpec, outcome: RunOutcome, prepared: PreparedRun | None,
+                   code: str) -> int | None:
+    if store is None:
+        return None
+    version = store.register_version(spec.name, code=code, params=spec.params,
+                                     source=spec.source)
+    outcome.version = version
+    return int(store.record_run(spec.name, outcome, version=version,
+                                dataset_hash=prepared.dataset_hash if prepared else None,
+                                dataset_name=prepared.dataset_name if prepared else None))
+
+
+def run_paths(paths: tuple[Path, ...], *, data: Path | None, params: dict[str, Any], mode: str | None,
+              limit_overrides: dict[str, Any], workers: int | None, store: Any, as_json: bool,
+              static_checks: bool, unsafe: bool, console: Console, out: Console) -> list[RunOutcome]:
+    specs = [_spec_for(p, mode=mode, params=params, limit_overrides=limit_overrides) for p in paths]
+    prepared: list[PreparedRun | PreparationFailed] = []
+    for spec in specs:
+        try:
+            prepared.append(prepare(spec, data_override=data.resolve() if data else None,
+                                    static_checks=static_checks))
+        except PreparationFailed as failure:
+            prepared.append(failure)
+    runnable = [p for p in prepared if isinstance(p, PreparedRun)]
+    count = workers or min(len(runnable), os.cpu_count() or 1) or 1
+    outcomes: list[RunOutcome] = []
+    executor = LocalExecutor(workers=count, unsafe=unsafe)
+    try:
+        results: dict[int, RunOutcome] = {}
+        if runnable:
+            label = f"running {len(runnable)} strateg{'y' if len(runnable) == 1 else 'ies'} in the sandbox"
+            with console.status(label, spinner="dots"):
+                for item, outcome in zip(runnable, executor.execute_many(runnable), strict=True):
+                    results[id(item)] = outcome
+        for spec, item in zip(specs, prepared, strict=True):
+            if isinstance(item, PreparedRun):
+                outcome, code, ready = results[id(item)], item.code, item
+            else:
+                outcome, code, ready = item.outcome, spec.code, None
+            run_id = _store_outcome(store, spec, outcome, ready, code)
+            outcomes.append(outcome)
+            if as_json:
+                payload = outcome.to_json()
+                payload.update({"name": spec.name, "run_id": run_id})
+                out.print(json.dumps(payload), soft_wrap=True, highlight=False, markup=False)
+            else:
+                out.print(outcome_panel(spec.name, outcome))
+    finally:
+        executor.close()
+    return outcomes
+
+
+def show_strategy(store: Any, name: str, *, as_json: bool, out: Console) -> None:
+    versions = store.versions(name)
+    if not versions:
+        raise LookupError(f"no stored strategy named {name!r}; see `rbi results`")
+    if as_json:
+        out.print_json(data=[{
+            "version": v.version, "code_hash": v.code_hash, "params": v.params, "parent_version": v.parent_version,
+            "source": v.source, "created_at": v.created_at.isoformat(),
+            "latest_run": None if v.latest_run is None else {
+                "id": v.latest_run.id, "status": v.latest_run.status, "stats": v.latest_run.stats,
+                "error_type": v.latest_run.error_type, "error_message": v.latest_run.error_message},
+        } for v in versions])
+        return
+    table = Table(title=f"{name}: versions")
+    for column in ("version", "parent", "source", "params", "status", "return %", "sharpe", "max dd %",
+                   "trades", "code"):
+        table.add_column(column)
+    for v in versions:
+        run = v.latest_run
+        table.add_row(str(v.version), fmt(v.parent_version), v.source, json.dumps(v.params)[:40],
+                      run.status if run else "—", fmt(run.total_return if run else None),
+                      fmt(run.sharpe_ratio if run else None), fmt(run.max_drawdown if run else None),
+                      fmt(run.num_trades if run else None), v.code_hash[:12])
+    out.print(table)
+    latest = versions[-1].latest_run
+    if latest is not None and latest.stats:
+        stats = Table(title=f"{name} v{versions[-1].version}: all statistics", show_header=False)
+        stats.add_column(style="cyan")
+        stats.add_column(justify="right")
+        for key, value in latest.stats.items():
+            stats.add_row(key, fmt(value))
+        out.print(stats)
+
+
+def sandbox_report(*, as_json: bool, out: Console) -> bool:
+    from rbi.sandbox.probe import isolation_problem, run_checks
+
+    checks = run_checks()
+    problem = isolation_problem(checks)
+    if as_json:
+        out.print_json(data={"ok": problem is None, "problem": problem, "checks": [
+            {"name": c.name, "available": c.available, "required": c.required, "used": c.available,
+             "detail": c.detail} for c in checks]})
+        return problem is None
+    table = Table(title="rbi sandbox check")
+    for column in ("primitive", "available", "required", "used", "detail"):
+        table.add_column(column)
+    for c in checks:
+        mark = "[green]yes[/]" if c.available else "[red]no[/]"
+        table.add_row(c.name, mark, "yes" if c.required else "no", "yes" if c.available else "no", c.detail)
+    table.add_row("wall-clock kill of the process tree", "[green]yes[/]", "yes", "yes", "PID namespace + SIGKILL")
+    table.add_row("output caps, scrubbed environment", "[green]yes[/]", "yes", "yes", "always")
+    out.print(table)
+    out.print("[bold green]The sandbox is ready.[/]" if problem is None else f"[bold red]{problem}[/]")
+    return problem is None

@@ -1,0 +1,167 @@
+"""The `rbi` command. Thin: parse flags, call the engine and the store, render."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from rbi import __version__
+from rbi.errors import RbiError, SandboxUnavailable, SpecError, StoreError
+from rbi.outcome import RunOutcome, Status
+
+EXIT_FAILED_RUN = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+EXIT_SANDBOX = 4
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _store(db: str | None) -> Any:
+    from rbi.store import ResultStore
+
+    store = ResultStore(db or ResultStore.default_url())
+    store.migrate()
+    return store
+
+
+def _die(message: str, code: int) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rbi")
+def cli() -> None:
+    """Run LLM-generated backtesting.py strategies in a sandbox, store every statistic, improve them."""
+
+
+def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SpecError(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="OHLCV CSV or Parquet file (overrides spec.data).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Set a strategy parameter.")
+@click.option("--mode", type=click.Choice(["auto", "class", "script"]), default=None, help="Force a mode.")
+@click.option("--cpu", help="CPU limit, e.g. 1 or 500m.")
+@click.option("--memory", help="Memory limit, e.g. 2Gi.")
+@click.option("--disk", help="Scratch disk limit, e.g. 100M.")
+@click.option("--timeout", type=float, help="Wall-clock limit in seconds.")
+@click.option("--workers", type=int, default=None, help="Parallel sandboxes (default: one per path, up to CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run.")
+@click.option("--db", envvar="RBI_DB_URL", help="SQLAlchemy URL of the results store.")
+@click.option("--no-store", is_flag=True, help="Do not write results to the store.")
+@click.option("--skip-static-checks", is_flag=True, help="Skip the AST checks (the OS sandbox still applies).")
+@click.option("--unsafe-no-sandbox", is_flag=True, help="Run without isolation where the sandbox is missing.")
+def run(paths: tuple[Path, ...], data: Path | None, params: tuple[str, ...], mode: str | None, cpu: str | None,
+        memory: str | None, disk: str | None, timeout: float | None, workers: int | None, as_json: bool,
+        db: str | None, no_store: bool, skip_static_checks: bool, unsafe_no_sandbox: bool) -> None:
+    """Run strategies: BacktestStrategy YAML, a Python file, or a raw LLM answer."""
+    from rbi.cli.commands import run_paths
+
+    try:
+        outcomes = run_paths(
+            paths, data=data, params=_parse_param(params), mode=mode,
+            limit_overrides={"cpu": cpu, "memory": memory, "disk": disk, "timeout": timeout},
+            workers=workers, store=None if no_store else _store(db), as_json=as_json,
+            static_checks=not skip_static_checks, unsafe=unsafe_no_sandbox, console=console, out=out,
+        )
+    except SpecError as exc:
+        _die(str(exc), EXIT_USAGE)
+    except StoreError as exc:
+        _die(f"results store: {exc}", EXIT_STORE)
+    except SandboxUnavailable as exc:
+        _die(str(exc), EXIT_SANDBOX)
+    except RbiError as exc:
+        _die(str(exc), EXIT_USAGE)
+    if any(o.status is Status.FAILED for o in outcomes):
+        sys.exit(EXIT_FAILED_RUN)
+
+
+@cli.command()
+@click.option("--name", help="Only this strategy.")
+@click.option("--status", type=click.Choice(["succeeded", "no_trades", "failed"]))
+@click.option("--best-by", help="Order by a statistic, best first (e.g. sharpe_ratio, return_pct).")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--db", envvar="RBI_DB_URL")
+def results(name: str | None, status: str | None, best_by: str | None, limit: int, as_json: bool,
+            db: str | None) -> None:
+    """List stored runs."""
+    from rbi.cli.render import runs_table
+
+    try:
+        records = _store(db).list_runs(name=name, status=status, best_by=best_by, limit=limit)
+    except StoreError as exc:
+        _die(f"results store: {exc}", EXIT_STORE)
+    except ValueError as exc:
+        _die(str(exc), EXIT_USAGE)
+    if as_json:
+        out.print_json(data=[_record_json(r) for r in records])
+    else:
+        out.print(runs_table(records))
+
+
+def _record_json(record: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(record)
+    for key, value in list(data.items()):
+        if hasattr(value, "isoformat"):
+            data[key] = value.isoformat()
+    return data
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--db", envvar="RBI_DB_URL")
+def show(name: str, as_json: bool, db: str | None) -> None:
+    """Show one strategy's versions and their latest figures."""
+    from rbi.cli.commands import show_strategy
+
+    try:
+        show_strategy(_store(db), name, as_json=as_json, out=out)
+    except StoreError as exc:
+        _die(f"results store: {exc}", EXIT_STORE)
+    except LookupError as exc:
+        _die(str(exc), EXIT_USAGE)
+
+
+@cli.group()
+def sandbox() -> None:
+    """Inspect the local sandbox."""
+
+
+@sandbox.command("check")
+@click.option("--json", "as_json", is_flag=True)
+def sandbox_check(as_json: bool) -> None:
+    """Report which isolation primitives this machine offers and which the sandbox uses."""
+    from rbi.cli.commands import sandbox_report
+
+    ok = sandbox_report(as_json=as_json, out=out)
+    sys.exit(0 if ok else EXIT_SANDBOX)
+
+
+def main() -> None:
+    cli()
+
+
+__all__ = ["RunOutcome", "cli", "main"]

@@ -1,0 +1,83 @@
+"""Rich rendering of outcomes and stored runs. Pure functions returning renderables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from rbi.outcome import RunOutcome, Status
+
+HEADLINE_STATS: tuple[tuple[str, str], ...] = (
+    ("return_pct", "Return %"),
+    ("buy_hold_return_pct", "Buy & hold %"),
+    ("sharpe_ratio", "Sharpe"),
+    ("sortino_ratio", "Sortino"),
+    ("calmar_ratio", "Calmar"),
+    ("max_drawdown_pct", "Max drawdown %"),
+    ("win_rate_pct", "Win rate %"),
+    ("num_trades", "Trades"),
+    ("profit_factor", "Profit factor"),
+    ("expectancy_pct", "Expectancy %"),
+    ("sqn", "SQN"),
+    ("exposure_time_pct", "Exposure %"),
+)
+_STATUS_STYLE = {Status.SUCCEEDED: "bold green", Status.NO_TRADES: "bold yellow", Status.FAILED: "bold red"}
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.4g}"
+    return str(value)
+
+
+def outcome_panel(name: str, outcome: RunOutcome) -> Panel:
+    title = Text.assemble((f"{name} v{outcome.version}  ", "bold"),
+                          (str(outcome.status), _STATUS_STYLE.get(outcome.status, "")))
+    parts: list[Any] = []
+    if outcome.error is not None:
+        where = f" (line {outcome.error.line})" if outcome.error.line else ""
+        parts.append(Text.assemble((f"{outcome.error.type}{where}: ", "bold red"), outcome.error.message))
+        if outcome.stderr_tail.strip():
+            tail = "\n".join(outcome.stderr_tail.strip().splitlines()[-12:])
+            parts.append(Panel(tail, title="stderr (tail)", border_style="dim"))
+    else:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="cyan")
+        table.add_column(justify="right")
+        for key, label in HEADLINE_STATS:
+            if key in outcome.stats:
+                table.add_row(label, fmt(outcome.stats[key]))
+        parts.append(table)
+        if outcome.status is Status.NO_TRADES:
+            parts.append(Text("The strategy never traded: check entry conditions, indicator warm-up, "
+                              "and position size (cash too small for one whole unit?).", style="yellow"))
+    footer = (f"{outcome.execution_time:.2f} s · peak memory "
+              f"{(outcome.peak_memory_bytes or 0) / 2**20:.0f} MiB · mode {outcome.mode} · code {outcome.code_hash[:12]}")
+    parts.append(Text(footer, style="dim"))
+    return Panel(Group(*parts), title=title, title_align="left")
+
+
+def runs_table(records: list[Any], *, title: str = "Stored runs") -> Table:
+    table = Table(title=title)
+    for column, justify in (("id", "right"), ("strategy", "left"), ("ver", "right"), ("status", "left"),
+                            ("return %", "right"), ("sharpe", "right"), ("max dd %", "right"),
+                            ("win %", "right"), ("trades", "right"), ("error", "left"), ("when", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for record in records:
+        style = {"succeeded": "green", "no_trades": "yellow", "failed": "red"}.get(record.status, "")
+        error = f"{record.error_type}" + (f" @{record.error_line}" if record.error_line else "") if record.error_type else ""
+        table.add_row(str(record.id), record.strategy_name, str(record.version), Text(record.status, style=style),
+                      fmt(record.total_return), fmt(record.sharpe_ratio), fmt(record.max_drawdown),
+                      fmt(record.win_rate), fmt(record.num_trades), error,
+                      record.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    return table

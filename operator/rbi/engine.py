@@ -1,0 +1,193 @@
+"""The local engine: spec → prepare → validate → execute in the sandbox → outcome.
+
+It is the one place that strings the stages together; the CLI, the optimizer
+and the operator's local mode all call it instead of repeating the steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rbi.classify import classify_report
+from rbi.datasets import bundled_dataset
+from rbi.errors import DataError, ExtractionError, SandboxUnavailable
+from rbi.outcome import FailureClass, RunError, RunOutcome
+from rbi.prepare.data import dataset_hash, materialize_csv
+from rbi.prepare.extract import extract_code
+from rbi.prepare.inspect_code import check_code, detect_mode
+from rbi.sandbox.filesystem import DATA_DIR
+from rbi.sandbox.limits import SandboxLimits
+from rbi.sandbox.pool import WorkerPool
+from rbi.spec import StrategySpec
+
+
+def rbi_home() -> Path:
+    return Path(os.environ.get("RBI_HOME") or Path.home() / ".rbi")
+
+
+def code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRun:
+    """Everything a worker needs for one run, already checked on the host."""
+
+    name: str
+    code: str
+    mode: str
+    data_file: str
+    raw_data_file: str
+    dataset_hash: str
+    dataset_name: str
+    limits: SandboxLimits
+    params: dict[str, Any] = field(default_factory=dict)
+    backtest: dict[str, Any] = field(default_factory=dict)
+    strategy_class: str | None = None
+    include_series: bool = True
+
+    @property
+    def code_hash(self) -> str:
+        return code_hash(self.code)
+
+    def with_params(self, params: dict[str, Any]) -> PreparedRun:
+        return replace(self, params=params)
+
+    def request(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "data_file": self.data_file,
+            "raw_data_file": self.raw_data_file,
+            "limits": self.limits.to_json(),
+            "run": {
+                "mode": self.mode,
+                "params": self.params,
+                "backtest": self.backtest,
+                "strategy_class": self.strategy_class,
+                "raw_data_path": f"{DATA_DIR}/{os.path.basename(self.raw_data_file)}",
+                "include_series": self.include_series,
+            },
+        }
+
+
+def _world_readable(path: Path, cache: Path) -> Path:
+    """The sandbox reads the dataset as an unprivileged uid; hand it a copy it may read."""
+    import shutil
+    import stat
+
+    mode = path.stat().st_mode
+    if mode & stat.S_IROTH:
+        return path
+    if path.parent == cache:
+        path.chmod(mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        return path
+    copy = cache / f"readable-{path.name}"
+    shutil.copyfile(path, copy)
+    copy.chmod(0o644)
+    return copy
+
+
+class PreparationFailed(Exception):
+    """The spec cannot run; carries the failed outcome to store and show."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        super().__init__(outcome.error.message if outcome.error else "preparation failed")
+        self.outcome = outcome
+
+
+def _fail(kind: FailureClass, message: str, *, code: str = "", line: int | None = None,
+          detail: str | None = None, mode: str | None = None) -> PreparationFailed:
+    outcome = RunOutcome.failed(RunError(kind, message, line=line, detail=detail),
+                                code_hash=code_hash(code) if code else "", mode=mode)
+    return PreparationFailed(outcome)
+
+
+def prepare(spec: StrategySpec, *, data_override: Path | None = None, static_checks: bool | None = None,
+            cache_dir: Path | None = None) -> PreparedRun:
+    """Extract the code, pick the mode, check it and resolve the dataset. Raises PreparationFailed."""
+    try:
+        code = extract_code(spec.code)
+    except ExtractionError as exc:
+        raise _fail(FailureClass.SYNTAX_ERROR, str(exc), code=spec.code) from None
+    checks = spec.static_checks if static_checks is None else static_checks
+    violations = check_code(code)
+    syntax = [v for v in violations if v.rule == "syntax"]
+    if syntax:
+        raise _fail(FailureClass.SYNTAX_ERROR, syntax[0].message, code=code, line=syntax[0].line)
+    mode = detect_mode(code) if spec.mode == "auto" else spec.mode
+    if checks and violations:
+        first = violations[0]
+        summary = "; ".join(f"line {v.line}: {v.message}" for v in violations[:5])
+        raise _fail(FailureClass.VALIDATION_ERROR, summary, code=code, line=first.line, detail=first.rule,
+                    mode=mode)
+
+    data_path = data_override or spec.data_path or bundled_dataset()
+    try:
+        if not data_path.is_file():
+            raise DataError(f"dataset not found: {data_path}")
+        cache = (cache_dir or rbi_home() / "cache") / "datasets"
+        raw = _world_readable(materialize_csv(data_path, cache), cache)
+        digest = dataset_hash(data_path)
+    except DataError as exc:
+        raise _fail(FailureClass.DATA_ERROR, str(exc), code=code, mode=mode) from None
+    return PreparedRun(
+        name=spec.name,
+        code=code,
+        mode=mode,
+        data_file=str(data_path),
+        raw_data_file=str(raw),
+        dataset_hash=digest,
+        dataset_name=data_path.name,
+        limits=spec.limits,
+        params=dict(spec.params),
+        backtest=dict(spec.backtest),
+        strategy_class=spec.strategy_class,
+    )
+
+
+class LocalExecutor:
+    """Runs prepared strategies in the local sandbox, `workers` at a time."""
+
+    def __init__(self, *, workers: int = 1, unsafe: bool = False) -> None:
+        self.workers = max(1, workers)
+        self.unsafe = unsafe
+        self._pool: WorkerPool | None = None
+
+    @property
+    def pool(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(self.workers, unsafe=self.unsafe)
+        return self._pool
+
+    def execute(self, run: PreparedRun) -> RunOutcome:
+        report = self.pool.submit(run.request(), timeout=run.limits.timeout_seconds)
+        outcome = classify_report(report, mode=run.mode)
+        outcome.code_hash = run.code_hash
+        if not outcome.params:
+            outcome.params = dict(run.params)
+        return outcome
+
+    def execute_many(self, runs: Iterable[PreparedRun]) -> Iterator[RunOutcome]:
+        """Results in the order given, computed `workers` at a time."""
+        with ThreadPoolExecutor(max_workers=self.workers) as threads:
+            yield from threads.map(self.execute, runs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["LocalExecutor", "PreparationFailed", "PreparedRun", "SandboxUnavailable", "prepare"]

@@ -1,0 +1,1 @@
+"""Turn what users bring (LLM answers, code, datasets) into runnable inputs."""

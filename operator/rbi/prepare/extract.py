@@ -1,0 +1,242 @@
+"""Pull the Python code out of a raw LLM answer.
+
+Answers come as bare code, as prose around one fenced block, or as several
+blocks: the strategy, an install command, sample output, a usage snippet, or a
+module split into fragments (imports here, the class there). `extract_code`
+picks what a person would copy into a file, and only raises when there is no
+code at all. A block that is plainly meant as Python but does not parse is
+still returned, so the run reports a syntax error with a line number instead
+of a vague "no code".
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+import textwrap
+from dataclasses import dataclass
+
+from rbi.errors import ExtractionError
+
+__all__ = ["extract_code"]
+
+_PYTHON_TAGS = frozenset({"python", "py", "python3", "py3", "ipython", "ipython3", "pycon"})
+_NON_PYTHON_TAGS = frozenset(
+    {
+        "bash", "sh", "shell", "zsh", "console", "shell-session", "powershell", "ps", "cmd", "bat",
+        "text", "txt", "plaintext", "output", "out", "log", "json", "yaml", "yml", "toml", "ini",
+        "csv", "tsv", "sql", "markdown", "md", "html", "xml", "diff", "javascript", "js",
+    }
+)  # fmt: skip
+_SHELL_LINE = re.compile(
+    r"^\s*(?:\$ |> |!|%)?\s*(?:pip3?|python3?\s+-m\s+pip|conda|uv|poetry|apt(?:-get)?|brew|sudo|"
+    r"cd|export|source|mkdir|wget|curl|git|docker|python3?\s+\S+\.py)\b"
+)
+_FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*\{?(?P<tag>[\w+.#-]*)\}?.*$")
+_MAGIC_LINE = re.compile(r"^\s*[!%]")
+_STRATEGY_BASES = frozenset({"Strategy", "SignalStrategy", "TrailingStrategy"})
+_BUILTINS = frozenset(dir(builtins)) | {"__name__", "__file__", "__doc__", "__builtins__"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    tag: str
+    code: str
+
+
+def _fenced_blocks(text: str) -> list[_Block]:
+    """Every fenced block in order; a fence left open at the end runs to the end."""
+    blocks: list[_Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        opening = _FENCE_OPEN.match(lines[i])
+        if opening is None:
+            i += 1
+            continue
+        fence = opening["fence"]
+        closing = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
+        body: list[str] = []
+        i += 1
+        while i < len(lines) and not closing.match(lines[i]):
+            body.append(lines[i])
+            i += 1
+        i += 1  # past the closing fence (or the end)
+        tag = re.sub(r"[^a-z0-9+#-]", "", opening["tag"].lower())
+        blocks.append(_Block(tag=tag, code=textwrap.dedent("\n".join(body)).strip("\n") + "\n"))
+    return blocks
+
+
+def _parse(code: str) -> ast.Module | None:
+    try:
+        return ast.parse(code)
+    except (SyntaxError, ValueError):  # ValueError: null bytes
+        return None
+
+
+def _looks_like_code(tree: ast.Module) -> bool:
+    """A parse that is more than a stray word or number ('Sorry', '571')."""
+    for node in ast.walk(tree):
+        if isinstance(
+            node,
+            ast.Import
+            | ast.ImportFrom
+            | ast.FunctionDef
+            | ast.AsyncFunctionDef
+            | ast.ClassDef
+            | ast.Assign
+            | ast.AugAssign
+            | ast.AnnAssign
+            | ast.Call
+            | ast.For
+            | ast.While
+            | ast.If
+            | ast.With,
+        ):
+            return True
+    return False
+
+
+def _is_shell(code: str) -> bool:
+    lines = [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return bool(lines) and all(_SHELL_LINE.match(line) for line in lines)
+
+
+def _without_magics(code: str) -> str:
+    """Comment out notebook lines (`!pip install ...`, `%matplotlib`), keeping line numbers."""
+    return "\n".join("# " + line if _MAGIC_LINE.match(line) else line for line in code.splitlines()) + "\n"
+
+
+def _base_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _has_strategy(tree: ast.Module) -> bool:
+    """Defines a Strategy subclass (directly or through a local base) or calls Backtest(."""
+    local: set[str] = set()
+    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    changed = True
+    while changed:
+        changed = False
+        for cls in classes:
+            bases = {_base_name(b) for b in cls.bases}
+            if cls.name not in local and bases & (_STRATEGY_BASES | local):
+                local.add(cls.name)
+                changed = True
+    if local:
+        return True
+    return any(isinstance(n, ast.Call) and _base_name(n.func) == "Backtest" for n in ast.walk(tree))
+
+
+def _free_names(tree: ast.Module) -> set[str]:
+    """Names read but never bound anywhere in the block (scope-blind, which is enough here)."""
+    bound: set[str] = set()
+    loaded: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return set()  # a star import could bind anything
+                bound.add((alias.asname or alias.name).split(".")[0])
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            bound.update(node.names)
+    return loaded - bound - _BUILTINS
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    code: str
+    tree: ast.Module | None  # None: meant as Python, but it does not parse
+
+    @property
+    def strategy(self) -> bool:
+        return self.tree is not None and _has_strategy(self.tree)
+
+    @property
+    def self_contained(self) -> bool:
+        return self.tree is not None and not _free_names(self.tree)
+
+
+def _candidate(block: _Block) -> _Candidate | None:
+    """The block as Python code, or None for shell commands, output and other languages."""
+    if block.tag in _NON_PYTHON_TAGS or not block.code.strip() or _is_shell(block.code):
+        return None
+    tree = _parse(block.code)
+    code = block.code
+    if tree is None:
+        cleaned = _without_magics(block.code)
+        tree = _parse(cleaned)
+        if tree is not None:
+            code = cleaned
+    if tree is not None and _looks_like_code(tree):
+        return _Candidate(code=code, tree=tree)
+    if tree is None and block.tag in _PYTHON_TAGS:
+        return _Candidate(code=block.code, tree=None)
+    # An untagged block that is not code: sample output, a stats table, prose.
+    return None
+
+
+def _choose(candidates: list[_Candidate]) -> str:
+    if len(candidates) == 1:
+        return candidates[0].code
+    complete = [c for c in candidates if c.strategy and c.self_contained]
+    if complete:
+        # Answers that show several full versions put the final one last.
+        return complete[-1].code
+    joined = "\n".join(c.code.rstrip("\n") + "\n" for c in candidates)
+    tree = _parse(joined)
+    if tree is not None and _has_strategy(tree):
+        # Fragments: imports in one block, the class in the next, the run in a third.
+        return joined
+    strategies = [c for c in candidates if c.strategy]
+    if strategies:
+        # Fewest unresolved names wins; min() keeps the first of equals, and the
+        # list is reversed so that a tie goes to the later block, as above.
+        return min(reversed(strategies), key=_unresolved_count).code
+    if tree is not None:
+        return joined
+    # Nothing mentions a strategy and the pieces do not fit together: hand back
+    # the biggest piece so that the checks downstream can say what is missing.
+    parsed = [c for c in candidates if c.tree is not None]
+    return max(parsed or candidates, key=lambda c: len(c.code)).code
+
+
+def _unresolved_count(candidate: _Candidate) -> int:
+    return len(_free_names(candidate.tree)) if candidate.tree is not None else 0
+
+
+def extract_code(text: str) -> str:
+    """The Python source in an LLM answer; the text itself when it already is Python.
+
+    Raises ExtractionError when the answer is empty or holds no Python code.
+    """
+    if not text or not text.strip():
+        raise ExtractionError("the answer is empty: there is no code to extract")
+    whole = _parse(text)
+    if whole is not None and _looks_like_code(whole):
+        return text
+    blocks = _fenced_blocks(text)
+    if not blocks:
+        raise ExtractionError(
+            "no Python code found: the answer is prose without a fenced code block (```python ... ```)"
+        )
+    candidates = [c for c in (_candidate(b) for b in blocks) if c is not None]
+    if not candidates:
+        raise ExtractionError(
+            f"no Python code found: the answer's {len(blocks)} fenced block(s) hold "
+            "shell commands, output or another language, not Python"
+        )
+    return _choose(candidates)

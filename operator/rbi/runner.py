@@ -1,0 +1,360 @@
+"""Run one strategy and report a structured result. Runs inside the sandbox.
+
+This module is shared by both executors: the local worker calls `execute()` in
+its sandboxed child, and a Kubernetes Job runs `python -m rbi.runner`. Keeping
+one runner means local and cluster results cannot drift apart.
+
+The result is one JSON document written to a dedicated channel (a pipe fd, or a
+file opened without following links), never to stdout, so nothing a strategy
+prints can forge it. The host still treats it as untrusted input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import errno
+import io
+import json
+import linecache
+import os
+import sys
+import time
+import traceback
+import types
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+READY_MARKER = b"RBI-READY\n"
+CODE_PATH = "/sandbox/strategy.py"
+MODULE_NAME = "rbi_strategy"
+MAX_WARNING_KINDS = 50
+SHOWN_PER_WARNING = 3
+
+DEFAULT_BACKTEST: dict[str, Any] = {
+    "cash": 1_000_000,
+    "commission": 0.002,
+    "finalize_trades": True,
+}
+_BACKTEST_OPTIONS = {
+    "cash", "spread", "commission", "margin", "trade_on_close", "hedging", "exclusive_orders",
+    "finalize_trades",
+}
+_DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".txt")
+
+
+@dataclass(slots=True)
+class RunRequest:
+    mode: str  # "class" or "script"
+    code_path: str = CODE_PATH
+    params: dict[str, Any] = field(default_factory=dict)
+    backtest: dict[str, Any] = field(default_factory=dict)
+    strategy_class: str | None = None
+    data_path: str | None = None  # the normalised dataset (class mode reads it when no frame is given)
+    raw_data_path: str | None = None  # what script-mode reads are served from
+    include_series: bool = True
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRequest:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class WarningCollapser:
+    """Shows the first few of each warning, then only counts them.
+
+    Real generated strategies emit one identical warning per bar (tens of
+    thousands of lines); the count keeps the signal without the flood.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.samples: dict[tuple[str, str, int], str] = {}
+        self._original = warnings.showwarning
+
+    def install(self) -> None:
+        warnings.simplefilter("always")
+        warnings.showwarning = self._show
+
+    def _show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              file: Any = None, line: str | None = None) -> None:
+        key = (category.__name__, os.path.basename(filename), lineno)
+        seen = self.counts.get(key, 0)
+        if seen == 0 and len(self.counts) >= MAX_WARNING_KINDS:
+            return
+        self.counts[key] = seen + 1
+        if seen == 0:
+            self.samples[key] = str(message)[:300]
+        if seen < SHOWN_PER_WARNING:
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [
+            {"category": cat, "location": f"{name}:{lineno}", "count": count,
+             "message": self.samples.get((cat, name, lineno), "")}
+            for (cat, name, lineno), count in sorted(self.counts.items(), key=lambda kv: -kv[1])
+        ]
+
+
+def _code_line(tb: types.TracebackType | None, code_path: str) -> int | None:
+    line = None
+    for frame, lineno in traceback.walk_tb(tb):
+        if frame.f_code.co_filename == code_path:
+            line = lineno
+    return line
+
+
+def _is_data_problem(exc: BaseException) -> bool:
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return True
+    if isinstance(exc, KeyError) and any(c in text for c in ("Open", "High", "Low", "Close", "Volume",
+                                                              "open", "high", "low", "close")):
+        return True
+    markers = ("must be a pandas.DataFrame with columns", "OHLC", "data columns", "No columns to parse",
+               "Error tokenizing data", "Some OHLC values are missing", "Data index is not sorted",
+               "data must be", "DatetimeIndex")
+    return any(marker in text for marker in markers)
+
+
+def classify_exception(exc: BaseException, code_path: str) -> dict[str, Any]:
+    """The failure class of an exception raised by strategy code (pure, testable)."""
+    line = _code_line(exc.__traceback__, code_path)
+    detail: str | None = type(exc).__name__
+    if isinstance(exc, SyntaxError):
+        kind, line = "syntax_error", exc.lineno
+    elif isinstance(exc, ImportError):
+        kind, detail = "import_error", getattr(exc, "name", None) or detail
+    elif isinstance(exc, MemoryError):
+        kind = "memory_limit"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        kind = "disk_limit"
+    elif _is_data_problem(exc):
+        kind = "data_error"
+    else:
+        kind = "runtime_error"
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return {
+        "type": kind,
+        "message": message[:2000],
+        "line": line,
+        "detail": detail,
+        "traceback": "".join(frames)[-4000:],
+    }
+
+
+def _load_code(code_path: str) -> tuple[str, types.CodeType]:
+    with open(code_path, encoding="utf-8") as handle:
+        source = handle.read()
+    # Tracebacks show the strategy's own lines even if the file becomes unreadable later.
+    linecache.cache[code_path] = (len(source), None, source.splitlines(True), code_path)
+    return source, compile(source, code_path, "exec")
+
+
+def _pick_strategy(namespace: dict[str, Any], wanted: str | None) -> type:
+    from backtesting import Strategy
+
+    classes = [obj for obj in namespace.values()
+               if isinstance(obj, type) and issubclass(obj, Strategy) and obj.__module__ == MODULE_NAME]
+    if wanted:
+        for cls in classes:
+            if cls.__name__ == wanted:
+                return cls
+        raise LookupError(f"strategy class {wanted!r} not found; the code defines {[c.__name__ for c in classes]}")
+    if not classes:
+        raise LookupError("the code defines no backtesting.Strategy subclass (class mode needs one)")
+    # The most derived class wins: a base helper class and its concrete subclass are common.
+    leaves = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
+    return leaves[-1]
+
+
+def _backtest_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - _BACKTEST_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown backtest option(s): {sorted(unknown)}; allowed: {sorted(_BACKTEST_OPTIONS)}")
+    merged = dict(DEFAULT_BACKTEST)
+    merged.update(options)
+    if isinstance(merged.get("commission"), list):
+        merged["commission"] = tuple(merged["commission"])
+    return merged
+
+
+def _load_frame(path: str) -> Any:
+    from rbi.prepare.data import load_ohlcv
+
+    return load_ohlcv(path)
+
+
+class ScriptHooks:
+    """Patches for script mode: serve data reads, capture stats, silence plotting."""
+
+    def __init__(self, raw_data_path: str | None) -> None:
+        self.raw_data_path = raw_data_path
+        self.redirects: list[str] = []
+        self.stats: Any = None
+
+    def _redirect(self, path: Any) -> Any:
+        if self.raw_data_path is None or not isinstance(path, str | os.PathLike):
+            return path
+        text = os.fspath(path)
+        if isinstance(text, bytes):
+            return path
+        if os.path.exists(text) or not text.lower().endswith(_DATA_SUFFIXES):
+            return path
+        if text not in self.redirects:
+            self.redirects.append(text)
+        return self.raw_data_path
+
+    def install(self) -> None:
+        import pandas as pd
+        from backtesting import Backtest
+
+        hooks = self
+        read_csv, read_parquet, original_open = pd.read_csv, pd.read_parquet, builtins.open
+
+        def patched_read_csv(path: Any, *args: Any, **kwargs: Any) -> Any:
+            return read_csv(hooks._redirect(path), *args, **kwargs)
+
+        def patched_read_parquet(path: Any, *args: Any, **kwargs: Any) -> Any:
+            target = hooks._redirect(path)
+            if target is not path and str(target).endswith(".csv"):
+                return read_csv(target, *args, **kwargs)
+            return read_parquet(target, *args, **kwargs)
+
+        def patched_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if "r" in mode and not any(ch in mode for ch in "wax+"):
+                file = hooks._redirect(file)
+            return original_open(file, mode, *args, **kwargs)
+
+        run, optimize = Backtest.run, Backtest.optimize
+
+        def patched_run(self: Any, **kwargs: Any) -> Any:
+            hooks.stats = run(self, **kwargs)
+            return hooks.stats
+
+        def patched_optimize(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = optimize(self, *args, **kwargs)
+            hooks.stats = result[0] if isinstance(result, tuple) else result
+            return result
+
+        pd.read_csv = patched_read_csv
+        pd.read_parquet = patched_read_parquet
+        builtins.open = patched_open
+        io.open = patched_open  # type: ignore[assignment]
+        Backtest.run = patched_run  # type: ignore[method-assign]
+        Backtest.optimize = patched_optimize  # type: ignore[method-assign]
+        Backtest.plot = lambda self, *a, **k: None  # type: ignore[method-assign]
+
+
+def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
+    """Run the strategy; always returns a JSON-able report, never raises."""
+    from rbi import stats as stats_module
+
+    collapser = WarningCollapser()
+    collapser.install()
+    report: dict[str, Any] = {"mode": request.mode, "error": None, "stats": None}
+    started = time.perf_counter()
+    hooks: ScriptHooks | None = None
+    try:
+        _, code = _load_code(request.code_path)
+        namespace: dict[str, Any] = {"__file__": request.code_path, "__builtins__": builtins}
+        if request.mode == "script":
+            hooks = ScriptHooks(request.raw_data_path)
+            hooks.install()
+            namespace["__name__"] = "__main__"
+            module = types.ModuleType("__main__")
+            module.__dict__.update(namespace)
+            sys.modules["__main__"] = module
+            exec(code, module.__dict__)
+            result_stats = hooks.stats
+            report["redirected_reads"] = hooks.redirects
+        else:
+            from backtesting import Backtest
+
+            namespace["__name__"] = MODULE_NAME
+            module = types.ModuleType(MODULE_NAME)
+            module.__dict__.update(namespace)
+            sys.modules[MODULE_NAME] = module
+            exec(code, module.__dict__)
+            strategy = _pick_strategy(module.__dict__, request.strategy_class)
+            if frame is None:
+                if not request.data_path:
+                    raise FileNotFoundError("no dataset was given to the runner")
+                frame = _load_frame(request.data_path)
+            backtest = Backtest(frame, strategy, **_backtest_options(request.backtest))
+            result_stats = backtest.run(**request.params)
+            report["strategy_class"] = strategy.__name__
+        if result_stats is not None:
+            report["stats"] = stats_module.stats_to_dict(result_stats)
+            report["params"] = stats_module.json_safe(stats_module.strategy_params(result_stats))
+            if request.include_series:
+                report["equity_curve"] = stats_module.equity_curve(result_stats)
+                report["trades"] = stats_module.trades_summary(result_stats)
+    except SystemExit as exc:
+        # Scripts call sys.exit(); a zero or empty code is a normal end.
+        if exc.code not in (None, 0):
+            report["error"] = {"type": "runtime_error", "message": f"SystemExit: {exc.code}",
+                               "line": _code_line(exc.__traceback__, request.code_path),
+                               "detail": "SystemExit", "traceback": ""}
+        if hooks is not None and hooks.stats is not None:
+            report["stats"] = stats_module.stats_to_dict(hooks.stats)
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, classified
+        report["error"] = classify_exception(exc, request.code_path)
+    report["execution_time"] = time.perf_counter() - started
+    report["warnings"] = collapser.summary()
+    return report
+
+
+def encode_report(report: dict[str, Any]) -> bytes:
+    from rbi.stats import json_safe
+
+    return json.dumps(json_safe(report), allow_nan=False, separators=(",", ":")).encode()
+
+
+def write_report_fd(fd: int, report: dict[str, Any]) -> None:
+    payload = encode_report(report)
+    view = memoryview(payload)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def write_report_file(path: str, report: dict[str, Any]) -> None:
+    """Write to a path the strategy may have tampered with: no links, no FIFOs, no devices.
+
+    O_NOFOLLOW refuses a symlink, O_NONBLOCK keeps a FIFO from hanging us, and
+    the fstat check refuses anything that is not a regular file.
+    """
+    import stat
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file; refusing to write the result")
+        os.ftruncate(fd, 0)
+        write_report_fd(fd, report)
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the Kubernetes Job container (the sandbox there is the pod)."""
+    parser = argparse.ArgumentParser(prog="python -m rbi.runner")
+    parser.add_argument("--request", required=True, help="JSON file with the run request")
+    parser.add_argument("--result", required=True, help="file to write the JSON result to")
+    args = parser.parse_args(argv)
+    with open(args.request, encoding="utf-8") as handle:
+        request = RunRequest.from_json(json.load(handle))
+    report = execute(request)
+    write_report_file(args.result, report)
+    return 0
+
+
+RunnerBody = Callable[[], int]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Enter the sandbox: the steps a forked child takes before strategy code runs.
+
+Process layout for one run (all forked from a warm worker, no exec):
+
+    worker ──fork──▶ S  (new user*/mount/net/ipc/uts/pid/cgroup namespaces)
+                      └─fork──▶ P  (PID 1 of the new PID namespace: builds the
+                                    root, drops to uid 65534, loads Landlock and
+                                    seccomp, then runs the strategy)
+
+S only waits for P and reports its wait status. Killing P tears down the whole
+PID namespace, so `setsid` plus a fork cannot escape the wall-clock kill.
+(*) The user namespace comes first when the worker is not root; as root, the
+mounts are made as real root in a private namespace and P then switches to
+uid 65534 itself, so host paths under /root stay readable for the binds.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rbi.sandbox import filesystem, landlock, linux, seccomp_filter
+from rbi.sandbox.limits import SandboxLimits
+
+SANDBOX_UID = 65534
+SANDBOX_GID = 65534
+HOSTNAME = "rbi-sandbox"
+RESULT_FD = 3
+
+_NAMESPACES = (
+    linux.CLONE_NEWNS | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+    | linux.CLONE_NEWPID | linux.CLONE_NEWCGROUP
+)
+
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": filesystem.SCRATCH_DIR,
+    "TMPDIR": filesystem.SCRATCH_DIR,
+    "LANG": "C.UTF-8",
+    "TZ": "UTC",
+    "MPLBACKEND": "Agg",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JailConfig:
+    limits: SandboxLimits
+    plan: filesystem.FilesystemPlan
+    mountpoint: str
+    code: str
+
+
+def _write_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _map_ids(uid_inside: int, uid_outside: int, gid_inside: int, gid_outside: int) -> None:
+    _write_file("/proc/self/setgroups", "deny")
+    _write_file("/proc/self/uid_map", f"{uid_inside} {uid_outside} 1\n")
+    _write_file("/proc/self/gid_map", f"{gid_inside} {gid_outside} 1\n")
+
+
+def scratch_owner() -> int:
+    """The uid that owns the scratch tmpfs, as seen from P before it drops privileges."""
+    return SANDBOX_UID if os.geteuid() == 0 else 0
+
+
+def enter_namespaces() -> None:
+    """In S: detach from every host namespace (P, its child, is PID 1 of the new one)."""
+    if os.geteuid() == 0:
+        linux.unshare(_NAMESPACES)
+    else:
+        uid, gid = os.geteuid(), os.getegid()
+        linux.unshare(linux.CLONE_NEWUSER | _NAMESPACES)
+        _map_ids(0, uid, 0, gid)
+
+
+def _set_rlimits(limits: SandboxLimits) -> None:
+    cpu_seconds = int(limits.timeout_seconds * max(limits.cpus, 1.0)) + 2
+    settings = {
+        resource.RLIMIT_AS: limits.memory_bytes,
+        resource.RLIMIT_CPU: cpu_seconds,
+        resource.RLIMIT_FSIZE: limits.disk_bytes,
+        resource.RLIMIT_NOFILE: limits.max_open_files,
+        resource.RLIMIT_NPROC: limits.max_processes,
+        resource.RLIMIT_CORE: 0,
+        resource.RLIMIT_MEMLOCK: 0,
+        resource.RLIMIT_MSGQUEUE: 0,
+    }
+    for which, value in settings.items():
+        resource.setrlimit(which, (value, value))
+
+
+def _drop_to_sandbox_user() -> None:
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID)
+        os.setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
+        # Changing uid clears "dumpable", which makes /proc/self root-owned and the id maps unwritable.
+        linux.prctl(linux.PR_SET_DUMPABLE, 1)
+    outside_uid, outside_gid = os.geteuid(), os.getegid()
+    # A user namespace of its own: inside it we are 65534 and own nothing else.
+    linux.unshare(linux.CLONE_NEWUSER)
+    _map_ids(SANDBOX_UID, outside_uid, SANDBOX_GID, outside_gid)
+    linux.drop_all_capabilities()
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _landlock_rules() -> list[landlock.PathRule]:
+    rules = [
+        landlock.PathRule("/", landlock.READ_ONLY),
+        landlock.PathRule(filesystem.SCRATCH_DIR, landlock.READ_WRITE),
+    ]
+    rules += [landlock.PathRule(f"/dev/{name}", landlock.READ_FILE | landlock.WRITE_FILE)
+              for name in ("null", "zero", "full", "random", "urandom")]
+    return rules
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def enter_jail(config: JailConfig) -> None:
+    """In P (PID 1 of the new namespace): everything between fork and strategy code."""
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setsid()
+    filesystem.build_root(config.plan, mountpoint=config.mountpoint, code=config.code)
+    filesystem.mount_proc()
+    filesystem.seal_root()
+    linux.sethostname(HOSTNAME)
+    _close_other_fds({0, 1, 2, RESULT_FD})
+    os.chdir(filesystem.SCRATCH_DIR)
+    _set_rlimits(config.limits)
+    _drop_to_sandbox_user()
+    landlock.restrict_self(_landlock_rules())
+    seccomp_filter.load_filter()
+    os.environ.clear()
+    os.environ.update(SANDBOX_ENV)
+
+
+def _supervise(child: Callable[[], None], control_fd: int) -> None:
+    """Fork P, report its pid and, at the end, its wait status on control_fd."""
+    pid = os.fork()
+    if pid == 0:
+        child()
+        os._exit(124)  # child() never returns normally
+    os.write(control_fd, f"pid {pid}\n".encode())
+    _, wait_status = os.waitpid(pid, 0)
+    os.write(control_fd, f"status {wait_status}\n".encode())
+
+
+def _setup_failed(exc: BaseException, code: int) -> None:
+    try:
+        os.write(2, f"rbi-sandbox-setup-failed: {type(exc).__name__}: {exc}\n".encode())
+    finally:
+        os._exit(code)
+
+
+def run_in_namespace(config: JailConfig, body: Callable[[], int], control_fd: int, go_fd: int) -> None:
+    """The whole life of S. Never returns: P's wait status is reported on control_fd."""
+
+    def child() -> None:
+        try:
+            enter_jail(config)
+        except BaseException as exc:  # noqa: BLE001 - reported as a sandbox failure
+            _setup_failed(exc, 121)
+        status = 70
+        try:
+            status = body()
+        finally:
+            os._exit(status)
+
+    try:
+        # Wait until the worker has put S in its cgroup, so that P inherits it.
+        os.read(go_fd, 1)
+        os.close(go_fd)
+        enter_namespaces()
+        _supervise(child, control_fd)
+    except BaseException as exc:  # noqa: BLE001
+        _setup_failed(exc, 122)
+    os._exit(0)
+
+
+def run_unprotected(config: JailConfig, body: Callable[[str], int], control_fd: int, go_fd: int) -> None:
+    """--unsafe-no-sandbox: rlimits, a timeout and a scrubbed environment, but no isolation."""
+    import shutil
+    import tempfile
+
+    workdir = tempfile.mkdtemp(prefix="rbi-unsafe-")
+    code_path = os.path.join(workdir, "strategy.py")
+    with open(code_path, "w", encoding="utf-8") as handle:
+        handle.write(config.code)
+
+    def child() -> None:
+        try:
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            os.setsid()
+            _close_other_fds({0, 1, 2, RESULT_FD})
+            os.chdir(workdir)
+            _set_rlimits(config.limits)
+            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+            os.environ.clear()
+            os.environ.update({**SANDBOX_ENV, "HOME": workdir, "TMPDIR": workdir})
+        except BaseException as exc:  # noqa: BLE001
+            _setup_failed(exc, 121)
+        status = 70
+        try:
+            status = body(code_path)
+        finally:
+            os._exit(status)
+
+    try:
+        os.read(go_fd, 1)
+        os.close(go_fd)
+        _supervise(child, control_fd)
+    except BaseException as exc:  # noqa: BLE001
+        _setup_failed(exc, 122)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    os._exit(0)

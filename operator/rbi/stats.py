@@ -368,6 +368,7 @@ _TIMEDELTA = re.compile(r"^-?\d+ days? [+-]?\d{1,2}:\d{2}:\d{2}(?:\.\d+)?$")
 _TIMESTAMP = re.compile(
     r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?$"
 )
+_TRUNCATED_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?$")
 _MISSING = frozenset({"--", "nan", "nat", "none", "<na>", "null", "n/a"})
 _NONFINITE = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 
@@ -403,6 +404,13 @@ def _parse_value(raw: str) -> tuple[str, Any]:
     if _TIMESTAMP.match(text):
         try:
             return "timestamp", pd.Timestamp(text).isoformat()
+        except ValueError:
+            return "str", text
+    if text.endswith("...") and _TRUNCATED_TIMESTAMP.match(text[:-3]):
+        # backtesting prints with display.max_colwidth=20, which cuts a tz-aware
+        # Start/End to '2023-01-01 00:00...': the minute survives, the zone does not.
+        try:
+            return "timestamp", pd.Timestamp(text[:-3]).isoformat()
         except ValueError:
             return "str", text
     return "str", text

@@ -112,7 +112,8 @@ def prepare(spec: StrategySpec, *, data_override: Path | None = None, static_che
             cache_dir: Path | None = None) -> PreparedRun:
     """Extract the code, pick the mode, check it and resolve the dataset. Raises PreparationFailed."""
     try:
-        code = extract_code(spec.code)
+        # A .py file is code even when it does not parse; only LLM answers need extracting.
+        code = spec.code if spec.source == "python" else extract_code(spec.code)
     except ExtractionError as exc:
         raise _fail(FailureClass.SYNTAX_ERROR, str(exc), code=spec.code) from None
     checks = spec.static_checks if static_checks is None else static_checks

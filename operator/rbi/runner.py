@@ -73,10 +73,16 @@ class WarningCollapser:
         self.counts: dict[tuple[str, str, int], int] = {}
         self.samples: dict[tuple[str, str, int], str] = {}
         self._original = warnings.showwarning
+        self._filters: list[Any] = []
 
     def install(self) -> None:
+        self._filters = list(warnings.filters)
         warnings.simplefilter("always")
         warnings.showwarning = self._show
+
+    def uninstall(self) -> None:
+        warnings.showwarning = self._original
+        warnings.filters[:] = self._filters
 
     def _show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
               file: Any = None, line: str | None = None) -> None:
@@ -195,6 +201,13 @@ class ScriptHooks:
         self.raw_data_path = raw_data_path
         self.redirects: list[str] = []
         self.stats: Any = None
+        self._restore: list[tuple[Any, str, Any]] = []
+
+    def uninstall(self) -> None:
+        """Undo the patches (matters only when the runner is used in-process, as in tests)."""
+        for owner, name, original in reversed(self._restore):
+            setattr(owner, name, original)
+        self._restore.clear()
 
     def _redirect(self, path: Any) -> Any:
         if self.raw_data_path is None or not isinstance(path, str | os.PathLike):
@@ -240,13 +253,18 @@ class ScriptHooks:
             hooks.stats = result[0] if isinstance(result, tuple) else result
             return result
 
-        pd.read_csv = patched_read_csv
-        pd.read_parquet = patched_read_parquet
-        builtins.open = patched_open
-        io.open = patched_open  # type: ignore[assignment]
-        Backtest.run = patched_run  # type: ignore[method-assign]
-        Backtest.optimize = patched_optimize  # type: ignore[method-assign]
-        Backtest.plot = lambda self, *a, **k: None  # type: ignore[method-assign]
+        patches: list[tuple[Any, str, Any]] = [
+            (pd, "read_csv", patched_read_csv),
+            (pd, "read_parquet", patched_read_parquet),
+            (builtins, "open", patched_open),
+            (io, "open", patched_open),
+            (Backtest, "run", patched_run),
+            (Backtest, "optimize", patched_optimize),
+            (Backtest, "plot", lambda self, *a, **k: None),
+        ]
+        for owner, name, replacement in patches:
+            self._restore.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, replacement)
 
 
 def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
@@ -258,6 +276,7 @@ def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
     report: dict[str, Any] = {"mode": request.mode, "error": None, "stats": None}
     started = time.perf_counter()
     hooks: ScriptHooks | None = None
+    saved_main = sys.modules.get("__main__")
     try:
         _, code = _load_code(request.code_path)
         namespace: dict[str, Any] = {"__file__": request.code_path, "__builtins__": builtins}
@@ -303,6 +322,12 @@ def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
             report["stats"] = stats_module.stats_to_dict(hooks.stats)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, classified
         report["error"] = classify_exception(exc, request.code_path)
+    finally:
+        if hooks is not None:
+            hooks.uninstall()
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
+        collapser.uninstall()
     report["execution_time"] = time.perf_counter() - started
     report["warnings"] = collapser.summary()
     return report

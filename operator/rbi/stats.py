@@ -136,6 +136,9 @@ def json_safe(value: Any) -> Any:
         return value
     if isinstance(value, np.bool_):
         return bool(value)
+    # numpy's timedelta64 is an integer subtype, so it must be caught before ints.
+    if isinstance(value, np.timedelta64):
+        return _finite_or_none(pd.Timedelta(value).total_seconds())
     if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, float | np.floating):
@@ -149,8 +152,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date | dt.time):
         # pd.Timestamp is a datetime subclass, so it lands here too.
         return value.isoformat()
-    if isinstance(value, np.timedelta64):
-        return _finite_or_none(pd.Timedelta(value).total_seconds())
     if isinstance(value, dt.timedelta):
         return _finite_or_none(value.total_seconds())
     if isinstance(value, pd.DataFrame):

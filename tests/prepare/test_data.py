@@ -201,7 +201,9 @@ def test_unsorted_duplicates_and_gaps_are_cleaned(tmp_path: Path) -> None:
 
 
 def test_semicolon_separated(tmp_path: Path) -> None:
-    frame = load_ohlcv(_write(tmp_path / "d.csv", "Date;Open;High;Low;Close;Volume", _rows("{};{};{};{};{};{}")))
+    frame = load_ohlcv(
+        _write(tmp_path / "d.csv", "Date;Open;High;Low;Close;Volume", _rows("{};{};{};{};{};{}"))
+    )
     pd.testing.assert_frame_equal(frame, _expected(), check_freq=False)
 
 

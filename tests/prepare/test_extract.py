@@ -184,3 +184,20 @@ def test_prose_only(answer: str) -> None:
 def test_empty(answer: str) -> None:
     with pytest.raises(ExtractionError, match="empty"):
         extract_code(answer)
+
+
+def test_leftover_language_tag_line_is_blanked() -> None:
+    code = extract_code("python\n" + STRATEGY)
+    assert code == "\n" + STRATEGY  # line numbers stay where the model put them
+    ast.parse(code)
+
+
+def test_unfenced_code_between_prose_lines() -> None:
+    answer = f"Here's the complete strategy:\n\n{STRATEGY}\nLet me know if you want a trailing stop too!\n"
+    assert extract_code(answer) == STRATEGY
+
+
+def test_unfenced_prose_that_mentions_imports_is_still_prose() -> None:
+    answer = "import the data first, then\nclass it as a trend day.\nNo code needed."
+    with pytest.raises(ExtractionError, match="prose"):
+        extract_code(answer)

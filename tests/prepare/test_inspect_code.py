@@ -111,7 +111,9 @@ def test_script_mode_through_main() -> None:
 
 
 def test_script_mode_at_top_level() -> None:
-    script = CLASS_MODE + "\nfrom backtesting import Backtest\nprint(Backtest(df, BollingerRsiReversion).run())\n"
+    script = (
+        CLASS_MODE + "\nfrom backtesting import Backtest\nprint(Backtest(df, BollingerRsiReversion).run())\n"
+    )
     assert detect_mode(script) == "script"
 
 
@@ -190,7 +192,9 @@ def test_reading_files_is_allowed() -> None:
 
 
 def test_not_installed_but_allowed_modules_pass() -> None:
-    assert check_code("import sklearn.ensemble\nfrom ta.trend import ema_indicator\nimport scipy.stats\n") == []
+    assert (
+        check_code("import sklearn.ensemble\nfrom ta.trend import ema_indicator\nimport scipy.stats\n") == []
+    )
 
 
 # --------------------------------------------------------------------------- hostile code
@@ -278,7 +282,9 @@ def test_hostile_pattern_is_flagged_on_its_line(line: str, rule: str, fragment: 
 def test_import_message_lists_what_is_allowed() -> None:
     (violation,) = check_code("import numpy\n\nimport subprocess\n")
     assert violation == Violation(line=3, message=violation.message, rule="import")
-    assert violation.message.startswith("line 3: import of 'subprocess' is not allowed (backtests may import: ")
+    assert violation.message.startswith(
+        "line 3: import of 'subprocess' is not allowed (backtests may import: "
+    )
     for module in ("backtesting", "pandas", "talib", "numpy"):
         assert module in violation.message
     assert "subprocess" not in ALLOWED_MODULES

@@ -36,14 +36,19 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.fixture
+def empty_postgres_url(postgres_url: str) -> str:
+    # Tests count rows, so each starts from an empty database.
+    drop_everything(postgres_url)
+    return postgres_url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database: a fresh SQLite file (its directory not yet created), or a wiped PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'home' / 'rbi.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    # Tests count rows, so each starts from an empty database.
-    drop_everything(url)
+    url: str = request.getfixturevalue("empty_postgres_url")
     return url
 
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -442,32 +443,34 @@ def test_failed_write_rolls_back_and_keeps_earlier_rows(store: ResultStore) -> N
 
 _WORKER = textwrap.dedent(
     """
-    import os, sys, time
+    import json, os, sys, time
     from rbi.outcome import RunOutcome, Status
     from rbi.store import ResultStore
 
-    url, code, runs, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    url, code, rounds, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     store = ResultStore(url)
     open(os.path.join(barrier, f"ready-{os.getpid()}"), "w").close()
     while not os.path.exists(os.path.join(barrier, "go")):
-        time.sleep(0.001)
+        time.sleep(0.005)
     # Every worker starts on an empty database: migrations must settle among themselves too.
     store.migrate()
-    version = store.register_version("race", code=code, params={"p": 1})
-    for i in range(runs):
+    versions = []
+    for i in range(rounds):
+        version = store.register_version("race", code=f"{code}# round {i}\\n", params={"p": 1})
         outcome = RunOutcome(status=Status.SUCCEEDED, stats={"sharpe_ratio": float(i)})
         store.record_run("race", outcome, version=version, dataset_hash=None, dataset_name=None)
-    print(version)
+        versions.append(version)
+    print(json.dumps(versions))
     """
 )
 
 
-def _race(url: str, codes: list[str], runs: int, barrier: Path) -> list[int]:
+def _race(url: str, codes: list[str], rounds: int, barrier: Path) -> list[list[int]]:
     barrier.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _WORKER, url, code, str(runs), str(barrier)],
+            [sys.executable, "-c", _WORKER, url, code, str(rounds), str(barrier)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -475,29 +478,57 @@ def _race(url: str, codes: list[str], runs: int, barrier: Path) -> list[int]:
         )
         for code in codes
     ]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while len(list(barrier.glob("ready-*"))) < len(workers):
         assert time.monotonic() < deadline, "workers did not start"
         assert all(worker.poll() is None for worker in workers), [w.communicate() for w in workers]
         time.sleep(0.01)
     (barrier / "go").touch()
-    versions = []
+    results = []
     for worker in workers:
         out, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err
-        versions.append(int(out.strip()))
-    return versions
+        results.append(json.loads(out))
+    return results
 
 
 def test_parallel_workers_register_and_record(db_url: str, tmp_path: Path) -> None:
-    workers, runs = 6, 15
-    same = _race(db_url, [CODE] * workers, runs, tmp_path / "same")
-    assert same == [1] * workers
-    distinct = _race(db_url, [f"{CODE}# worker {i}\n" for i in range(workers)], runs, tmp_path / "distinct")
-    assert sorted(distinct) == list(range(2, workers + 2))
+    # Pairs of workers register the same codes at the same moments, on a database nobody migrated yet.
+    codes = [CODE, CODE + "# variant\n"] * 2
+    rounds = 8
+    got = _race(db_url, codes, rounds, tmp_path / "barrier")
+    distinct_codes = len(set(codes))
+    assert sorted({v for versions in got for v in versions}) == list(range(1, distinct_codes * rounds + 1))
+    by_code: dict[str, list[int]] = {}
+    for code, versions in zip(codes, got, strict=True):
+        assert by_code.setdefault(code, versions) == versions
     with ResultStore(db_url) as store:
-        assert [record.version for record in store.versions("race")] == list(range(1, workers + 2))
-        assert count(store, "backtest_results") == 2 * workers * runs
+        assert len(store.versions("race")) == distinct_codes * rounds
+        assert count(store, "backtest_results") == len(codes) * rounds
+
+
+@pytest.mark.postgres
+def test_register_version_retries_when_another_process_takes_the_number(empty_postgres_url: str) -> None:
+    """The race made deterministic: a rival commits between our read and our insert."""
+    with ResultStore(empty_postgres_url) as ours, ResultStore(empty_postgres_url) as rival:
+        ours.migrate()
+        rival_code: list[str] = []
+
+        def rival_goes_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if rival_code and statement.lstrip().upper().startswith("INSERT INTO STRATEGY_VERSIONS"):
+                rival.register_version("sma", code=rival_code.pop(), params={})
+
+        event.listen(ours.engine, "before_cursor_execute", rival_goes_first)
+        try:
+            # The rival takes number 1 for other code: ours retries and takes 2.
+            rival_code.append(CODE + "# rival\n")
+            assert ours.register_version("sma", code=CODE + "# ours\n", params={}) == 2
+            # The rival registers the very code that we register: ours retries and reuses its number.
+            rival_code.append(CODE)
+            assert ours.register_version("sma", code=CODE, params={}) == 3
+        finally:
+            event.remove(ours.engine, "before_cursor_execute", rival_goes_first)
+        assert [record.code for record in ours.versions("sma")] == [CODE + "# rival\n", CODE + "# ours\n", CODE]
 
 
 # --- Dead databases -------------------------------------------------------------------------------
@@ -567,11 +598,23 @@ def silent_server() -> Iterator[int]:
 
 @pytest.mark.slow
 def test_hung_postgres_times_out(silent_server: int) -> None:
-    started = time.monotonic()
-    with pytest.raises(StoreError, match="results database"):
-        ResultStore(f"postgresql://rbi:pw@127.0.0.1:{silent_server}/rbi").list_runs()
-    # connect_timeout is 5 s; without it libpq would wait for the kernel's TCP timeout (minutes).
-    assert time.monotonic() - started < 15
+    errors: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            ResultStore(f"postgresql://rbi:pw@127.0.0.1:{silent_server}/rbi").list_runs()
+        except BaseException as exc:
+            errors.append(exc)
+
+    # A daemon thread, so that a missing timeout fails this test instead of hanging the session.
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    # connect_timeout is 5 s; without it libpq would wait on the silent socket indefinitely.
+    worker.join(timeout=15)
+    assert not worker.is_alive(), "connecting to a silent server did not time out"
+    assert len(errors) == 1
+    assert isinstance(errors[0], StoreError)
+    assert "timeout" in str(errors[0]).lower()
 
 
 @pytest.mark.postgres

@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -350,7 +350,10 @@ def load_ohlcv(path: str | os.PathLike[str]) -> pd.DataFrame:
     return frame
 
 
-def _atomic_write(target: Path, write: Any) -> None:
+_Writer = Callable[[IO[bytes]], None]
+
+
+def _atomic_write(target: Path, write: _Writer) -> None:
     """Write through a temporary file in the same directory, then rename over the target.
 
     Concurrent runs that materialise the same dataset then each rename a
@@ -369,7 +372,7 @@ def _atomic_write(target: Path, write: Any) -> None:
         raise
 
 
-def _copy_gunzip(source: Path) -> Any:
+def _copy_gunzip(source: Path) -> _Writer:
     def write(handle: IO[bytes]) -> None:
         try:
             with gzip.open(source, "rb") as gz:
@@ -380,7 +383,7 @@ def _copy_gunzip(source: Path) -> Any:
     return write
 
 
-def _render_csv(frame: pd.DataFrame) -> Any:
+def _render_csv(frame: pd.DataFrame) -> _Writer:
     def write(handle: IO[bytes]) -> None:
         out = frame.rename(columns=str.lower)
         if isinstance(out.index, pd.DatetimeIndex):

@@ -34,6 +34,8 @@ _SHELL_LINE = re.compile(
     r"cd|export|source|mkdir|wget|curl|git|docker|python3?\s+\S+\.py)\b"
 )
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*\{?(?P<tag>[\w+.#-]*)\}?.*$")
+_MODULE_START = re.compile(r"^(?:import \w|from [\w.]+ import |class \w|def \w|@\w|#!)")
+_MAX_TRAILING_PROSE = 40
 _MAGIC_LINE = re.compile(r"^\s*[!%]")
 _STRATEGY_BASES = frozenset({"Strategy", "SignalStrategy", "TrailingStrategy"})
 _BUILTINS = frozenset(dir(builtins)) | {"__name__", "__file__", "__doc__", "__builtins__"}
@@ -218,6 +220,36 @@ def _unresolved_count(candidate: _Candidate) -> int:
     return len(_free_names(candidate.tree)) if candidate.tree is not None else 0
 
 
+def _without_stray_tag(code: str) -> str:
+    """Blank a first line that is only the fence's language tag ('python' left over
+    from a stripped fence): it parses, but fails at run time as a NameError."""
+    lines = code.split("\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None or lines[first].strip().lower() not in _PYTHON_TAGS:
+        return code
+    lines[first] = ""
+    return "\n".join(lines)
+
+
+def _unfenced_code(text: str) -> str | None:
+    """Code pasted without fences between a line of prose before and after it.
+
+    Starts at the first line that opens like a module (an import, a class, a
+    def) and drops trailing lines until the rest parses. Only accepted when the
+    result holds a strategy, so ordinary prose never turns into "code".
+    """
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if _MODULE_START.match(line)), None)
+    if start is None:
+        return None
+    for end in range(len(lines), max(start, len(lines) - _MAX_TRAILING_PROSE), -1):
+        code = "\n".join(lines[start:end]).rstrip() + "\n"
+        tree = _parse(code)
+        if tree is not None:
+            return code if _has_strategy(tree) else None
+    return None
+
+
 def extract_code(text: str) -> str:
     """The Python source in an LLM answer; the text itself when it already is Python.
 
@@ -227,9 +259,12 @@ def extract_code(text: str) -> str:
         raise ExtractionError("the answer is empty: there is no code to extract")
     whole = _parse(text)
     if whole is not None and _looks_like_code(whole):
-        return text
+        return _without_stray_tag(text)
     blocks = _fenced_blocks(text)
     if not blocks:
+        unfenced = _unfenced_code(text)
+        if unfenced is not None:
+            return unfenced
         raise ExtractionError(
             "no Python code found: the answer is prose without a fenced code block (```python ... ```)"
         )

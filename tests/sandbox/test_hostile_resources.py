@@ -1,0 +1,219 @@
+"""Hostile strategies that try to exhaust the machine: processes, memory, CPU time, output and disk.
+
+Each must be stopped by its limit, classified with the matching failure class
+(never sandbox_error, which would blame the platform), and leave nothing
+running or written on the host.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from rbi.outcome import FailureClass
+
+from .hostile import (
+    STRATEGY_CLASSES,
+    Ran,
+    assert_failed_as,
+    assert_ran_to_the_end,
+    host_process_count,
+    leftover_sandbox_processes,
+    sandbox_uid_processes,
+)
+
+RunCode = Callable[..., Ran]
+# Generous slack for a loaded 2-core machine; a run that is not stopped takes far longer.
+MARGIN = 8.0
+
+FORK_BOMB = """
+import os
+while True:
+    try:
+        os.fork()
+    except OSError:
+        pass
+"""
+
+THREAD_BOMB = """
+import threading, time
+threads = []
+while True:
+    t = threading.Thread(target=time.sleep, args=(10**6,), daemon=True)
+    t.start()
+    threads.append(t)
+"""
+
+
+@pytest.mark.parametrize("code", [FORK_BOMB, THREAD_BOMB], ids=["fork-bomb", "thread-bomb"])
+def test_process_and_thread_bombs_are_contained(run_code: RunCode, code: str) -> None:
+    """Threat: a fork or thread bomb that exhausts the host's process table and CPUs.
+
+    The pids cgroup and RLIMIT_NPROC cap the bomb; the wall-clock kill of the PID
+    namespace's init takes every copy down with it. Afterwards no process of the
+    sandbox uid may remain and the host's process count must be back to normal.
+    """
+    before = sandbox_uid_processes()
+    count_before = host_process_count()
+    ran = run_code(code, timeout_seconds=3)
+    assert ran.kind in STRATEGY_CLASSES, ran.describe()
+    assert_failed_as(ran, {FailureClass.TIMEOUT, FailureClass.RUNTIME_ERROR})
+    assert ran.wall < 3 + MARGIN, ran.describe()
+    assert leftover_sandbox_processes(before) == {}
+    # Other host activity may start a process or two meanwhile; a surviving bomb is dozens.
+    assert host_process_count() <= count_before + 5
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "x = bytearray(10**10)\nprint('ESCAPED', len(x))",
+        "import numpy as np\nx = np.ones(10**10)\nprint('ESCAPED', x.nbytes)",
+        # Gradual growth: no single allocation is large.
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(10 * 2**20))\n",
+        # Memory that RLIMIT_AS does not see: shmem pages in many memfds, each under the file-size
+        # limit. Only the memory cgroup stops this one.
+        (
+            "import os\nfds = []\nblock = b'x' * 2**20\nwhile True:\n"
+            "    fd = os.memfd_create('hog')\n    fds.append(fd)\n"
+            "    for _ in range(15):\n        os.write(fd, block)\n"
+        ),
+    ],
+    ids=["sudden-bytearray", "sudden-numpy", "gradual", "memfd-shmem"],
+)
+def test_memory_bombs_hit_the_memory_limit(run_code: RunCode, code: str) -> None:
+    """Threat: exhausting host RAM, at once or gradually, including through memfd shared memory."""
+    ran = run_code(code, timeout_seconds=20, memory_bytes=256 * 2**20)
+    assert "ESCAPED" not in ran.stdout, ran.describe()
+    assert_failed_as(ran, FailureClass.MEMORY_LIMIT)
+    assert ran.wall < 20, ran.describe()
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "while True:\n    pass\n",
+        "import time\ntime.sleep(10**9)\n",
+        # Ignoring the polite signals must not help: the kill is SIGKILL.
+        (
+            "import signal, time\n"
+            "for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGXCPU):\n"
+            "    signal.signal(sig, signal.SIG_IGN)\n"
+            "time.sleep(10**9)\n"
+        ),
+        # CPU time in C code, where Python never checks for signals.
+        "import numpy as np\nm = np.ones((3000, 3000))\nwhile True:\n    m = m @ m / 3000.0\n",
+    ],
+    ids=["busy-loop", "sleep-forever", "ignore-sigterm", "numpy-busy"],
+)
+def test_endless_runs_time_out(run_code: RunCode, code: str) -> None:
+    """Threat: a strategy that never ends, sleeps forever or ignores SIGTERM, holding a worker hostage."""
+    before = sandbox_uid_processes()
+    ran = run_code(code, timeout_seconds=2)
+    assert_failed_as(ran, FailureClass.TIMEOUT)
+    assert ran.wall < 2 + MARGIN, ran.describe()
+    assert leftover_sandbox_processes(before) == {}
+
+
+def test_setsid_double_fork_does_not_survive_the_run(run_code: RunCode) -> None:
+    """Threat: daemonising (fork, setsid, fork) so a child outlives the run and keeps running on the host.
+
+    The parent ends normally (no backtest), so this is classified as its own
+    runtime_error; what matters is that the grandchild is gone afterwards.
+    """
+    code = """
+    import os, time
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, b"daemon-started\\n")
+            while True:
+                time.sleep(1)
+        os._exit(0)
+    os.close(w)
+    print(os.read(r, 100).decode().strip())
+    print("PROBES-DONE")
+    """
+    before = sandbox_uid_processes()
+    ran = run_code(code, timeout_seconds=5)
+    assert "daemon-started" in ran.stdout, ran.describe()
+    assert_ran_to_the_end(ran)
+    # The parent left; the run must not wait for the daemon until the timeout.
+    assert ran.wall < 5, ran.describe()
+    assert leftover_sandbox_processes(before) == {}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "while True:\n    print('spam ' * 20)\n",
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 10**8)\n",
+        "import sys\nwhile True:\n    sys.stderr.write('warning: ' * 1000 + '\\n')\n",
+        # Raw writes to fd 1, around Python's buffers.
+        "import os\nwhile True:\n    os.write(1, b'y' * 65536)\n",
+    ],
+    ids=["endless-print", "giant-line", "stderr-flood", "raw-fd-write"],
+)
+def test_output_floods_hit_the_output_limit(run_code: RunCode, code: str) -> None:
+    """Threat: flooding stdout/stderr to exhaust host memory or disk through the captured output."""
+    ran = run_code(code, timeout_seconds=10, max_output_bytes=2**20)
+    assert_failed_as(ran, FailureClass.OUTPUT_LIMIT)
+    assert ran.wall < 10, ran.describe()
+    # The host keeps a bounded tail, whatever was printed.
+    assert len(ran.outcome.stdout_tail) + len(ran.outcome.stderr_tail) < 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "with open('/tmp/huge', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)\n",
+        "import os\ni = 0\nwhile True:\n    open(f'/tmp/f{i}', 'w').close()\n    i += 1\n",
+        "with open('/dev/shm/huge', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)\n",
+        # Many files just under the size limit each: the tmpfs size, not RLIMIT_FSIZE, stops it.
+        (
+            "i = 0\nwhile True:\n    with open(f'/tmp/part{i}', 'wb') as f:\n"
+            "        f.write(b'x' * 4 * 10**6)\n    i += 1\n"
+        ),
+    ],
+    ids=["huge-file", "inode-exhaustion", "dev-shm", "many-large-files"],
+)
+def test_disk_fills_hit_the_disk_limit(run_code: RunCode, code: str) -> None:
+    """Threat: filling the host's disk or inode table from the scratch directory."""
+    ran = run_code(code, timeout_seconds=20, max_files=300)
+    assert_failed_as(ran, FailureClass.DISK_LIMIT)
+    assert ran.wall < 20, ran.describe()
+
+
+def test_scratch_files_never_reach_the_host(run_code: RunCode) -> None:
+    """Threat: leaving files on the host (or reading them back later) through /tmp and /dev/shm.
+
+    The scratch tmpfs lives only in the run's mount namespace: nothing written
+    there exists on the host afterwards, and no sandbox mount leaks to the host.
+    """
+    token = f"rbi-hostile-{uuid.uuid4().hex}"
+    code = f"""
+    import os
+    for directory in ("/tmp", "/dev/shm", "/tmp/.shm"):
+        if os.path.isdir(directory):
+            path = os.path.join(directory, "{token}")
+            with open(path, "w") as handle:
+                handle.write("left behind")
+            print("WROTE", path, os.path.exists(path))
+    print("PROBES-DONE")
+    """
+    ran = run_code(code)
+    assert "WROTE /tmp/" in ran.stdout and "WROTE /dev/shm/" in ran.stdout, ran.describe()
+    assert_ran_to_the_end(ran)
+    assert glob.glob(f"/tmp/**/{token}*", recursive=True) == []
+    assert glob.glob(f"/dev/shm/**/{token}*", recursive=True) == []
+    with open("/proc/self/mounts") as handle:
+        mounts = handle.read()
+    assert "rbi-scratch" not in mounts and "rbi-root" not in mounts
+    # The directory the sandbox mounts its root over stays empty on the host.
+    for newroot in glob.glob("/tmp/.rbi-newroot*") + glob.glob("/tmp/rbi-newroot-*"):
+        assert os.listdir(newroot) == [], newroot

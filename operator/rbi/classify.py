@@ -145,11 +145,9 @@ def classify_report(report: dict[str, Any], *, mode: str | None = None) -> RunOu
         base["equity_curve"] = result["equity_curve"][:5000]
     if isinstance(result.get("trades"), list):
         base["trades"] = result["trades"][:5000]
-    error = _error_from_result(result.get("error"))
-    if error is not None and error.type is FailureClass.MEMORY_LIMIT and cgroup.get("oom_killed") is False:
-        pass  # a MemoryError from the address-space limit is still the memory limit
-    if error is not None:
-        return RunOutcome.failed(error, **base)
+    result_error = _error_from_result(result.get("error"))
+    if result_error is not None:
+        return RunOutcome.failed(result_error, **base)
     if status_error is not None:
         return RunOutcome.failed(status_error, **base)
 

@@ -82,7 +82,7 @@ class WarningCollapser:
 
     def uninstall(self) -> None:
         warnings.showwarning = self._original
-        warnings.filters[:] = self._filters
+        warnings.filters[:] = self._filters  # type: ignore[index]
 
     def _show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
               file: Any = None, line: str | None = None) -> None:
@@ -320,7 +320,7 @@ def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
                                "detail": "SystemExit", "traceback": ""}
         if hooks is not None and hooks.stats is not None:
             report["stats"] = stats_module.stats_to_dict(hooks.stats)
-    except BaseException as exc:  # noqa: BLE001 - every failure is reported, classified
+    except BaseException as exc:
         report["error"] = classify_exception(exc, request.code_path)
     finally:
         if hooks is not None:

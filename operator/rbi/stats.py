@@ -377,7 +377,6 @@ _NONFINITE = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infini
 @dataclasses.dataclass(slots=True)
 class _Block:
     lines: list[tuple[str, str]]
-    closed: bool = False  # reached the private rows or `dtype:`, so nothing was cut off
 
     @property
     def labels(self) -> set[str]:
@@ -427,9 +426,8 @@ def _find_blocks(text: str) -> list[_Block]:
     for line in text.splitlines():
         stripped = line.strip()
         match = _STAT_LINE.match(stripped)
-        if current is not None and (stripped.startswith("dtype:") or stripped.startswith("Name:")):
-            current.closed = True
-            current = None
+        if stripped.startswith(("dtype:", "Name:")):
+            current = None  # the footer of print(stats)
             continue
         if match is None:
             current = None
@@ -446,8 +444,7 @@ def _find_blocks(text: str) -> list[_Block]:
             current = _Block(lines=[])
             blocks.append(current)
         if label.startswith("_"):
-            # `_strategy`, `_equity_curve`, `_trades`: the public stats are all printed.
-            current.closed = True
+            # `_strategy`, `_equity_curve`, `_trades` follow the last public stat.
             current = None
             continue
         current.lines.append((label, value))

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.conftest import EXAMPLES
 
 STABLE_KEYS = {"status", "error", "stats", "execution_time", "peak_memory_bytes", "stdout_tail", "stderr_tail",
@@ -20,7 +19,8 @@ REQUIRED_STATS = {"return_pct", "buy_hold_return_pct", "sharpe_ratio", "sortino_
                   "exposure_time_pct"}
 
 
-def rbi(*args: str, db: Path, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def rbi(*args: str, db: Path, timeout: float = 240,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "RBI_DB_URL": f"sqlite:///{db}", "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "rbi", *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, check=False)
@@ -46,9 +46,9 @@ def example_runs(db: Path) -> list[dict[str, Any]]:
 def test_examples_run_in_all_three_shapes(example_runs: list[dict[str, Any]]) -> None:
     assert [r["name"] for r in example_runs] == ["sma-cross", "rsi-script", "llm-answer"]
     for run in example_runs:
-        assert STABLE_KEYS <= run.keys()
+        assert run.keys() >= STABLE_KEYS
         assert run["status"] == "succeeded", run["error"]
-        assert REQUIRED_STATS <= run["stats"].keys()
+        assert run["stats"].keys() >= REQUIRED_STATS
         assert run["stats"]["num_trades"] > 0
         assert run["version"] == 1 and len(run["code_hash"]) == 64
         assert run["peak_memory_bytes"] > 0 and run["execution_time"] > 0

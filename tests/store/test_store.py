@@ -98,7 +98,7 @@ def test_tables_have_seed_and_added_columns(store: ResultStore) -> None:
         inspector.get_table_names()
     )
     result_columns = {column["name"] for column in inspector.get_columns("backtest_results")}
-    assert SEED_RESULT_COLUMNS | ADDED_RESULT_COLUMNS <= result_columns
+    assert result_columns >= SEED_RESULT_COLUMNS | ADDED_RESULT_COLUMNS
     history_columns = {column["name"] for column in inspector.get_columns("optimization_history")}
     assert SEED_HISTORY_COLUMNS | {"created_at", "details"} <= history_columns
     version_columns = {column["name"] for column in inspector.get_columns("strategy_versions")}

@@ -59,13 +59,14 @@ def run_paths(paths: tuple[Path, ...], *, data: Path | None, params: dict[str, A
         if runnable:
             label = f"running {len(runnable)} strateg{'y' if len(runnable) == 1 else 'ies'} in the sandbox"
             with console.status(label, spinner="dots"):
-                for item, outcome in zip(runnable, executor.execute_many(runnable), strict=True):
-                    results[id(item)] = outcome
+                for job, finished in zip(runnable, executor.execute_many(runnable), strict=True):
+                    results[id(job)] = finished
         for spec, item in zip(specs, prepared, strict=True):
+            ready = item if isinstance(item, PreparedRun) else None
             if isinstance(item, PreparedRun):
-                outcome, code, ready = results[id(item)], item.code, item
+                outcome, code = results[id(item)], item.code
             else:
-                outcome, code, ready = item.outcome, spec.code, None
+                outcome, code = item.outcome, spec.code
             run_id = _store_outcome(store, spec, outcome, ready, code)
             outcomes.append(outcome)
             if as_json:

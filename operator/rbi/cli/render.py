@@ -61,8 +61,9 @@ def outcome_panel(name: str, outcome: RunOutcome) -> Panel:
         if outcome.status is Status.NO_TRADES:
             parts.append(Text("The strategy never traded: check entry conditions, indicator warm-up, "
                               "and position size (cash too small for one whole unit?).", style="yellow"))
-    footer = (f"{outcome.execution_time:.2f} s · peak memory "
-              f"{(outcome.peak_memory_bytes or 0) / 2**20:.0f} MiB · mode {outcome.mode} · code {outcome.code_hash[:12]}")
+    memory_mib = (outcome.peak_memory_bytes or 0) / 2**20
+    footer = (f"{outcome.execution_time:.2f} s · peak memory {memory_mib:.0f} MiB · mode {outcome.mode}"
+              f" · code {outcome.code_hash[:12]}")
     parts.append(Text(footer, style="dim"))
     return Panel(Group(*parts), title=title, title_align="left")
 
@@ -75,7 +76,9 @@ def runs_table(records: list[Any], *, title: str = "Stored runs") -> Table:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for record in records:
         style = {"succeeded": "green", "no_trades": "yellow", "failed": "red"}.get(record.status, "")
-        error = f"{record.error_type}" + (f" @{record.error_line}" if record.error_line else "") if record.error_type else ""
+        error = ""
+        if record.error_type:
+            error = record.error_type + (f" @{record.error_line}" if record.error_line else "")
         table.add_row(str(record.id), record.strategy_name, str(record.version), Text(record.status, style=style),
                       fmt(record.total_return), fmt(record.sharpe_ratio), fmt(record.max_drawdown),
                       fmt(record.win_rate), fmt(record.num_trades), error,

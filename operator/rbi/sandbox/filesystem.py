@@ -137,7 +137,7 @@ def build_root(plan: FilesystemPlan, *, mountpoint: str, code: str) -> None:
     _write(os.path.join(code_dir, "strategy.py"), code)
     _mkdirs(root, "/proc")
 
-    old_root = _mkdirs(root, "/.old-root")
+    _mkdirs(root, "/.old-root")
     os.chdir(root)
     linux.pivot_root(".", ".old-root")
     os.chdir("/")

@@ -16,6 +16,7 @@ uid 65534 itself, so host paths under /root stay readable for the binds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -122,6 +123,10 @@ def _landlock_rules() -> list[landlock.PathRule]:
     rules = [
         landlock.PathRule("/", landlock.READ_ONLY),
         landlock.PathRule(filesystem.SCRATCH_DIR, landlock.READ_WRITE),
+        # /dev/shm is a bind of a directory inside the scratch tmpfs, but Landlock follows the
+        # mount tree (/dev/shm -> /dev -> /), not the source path, so it needs its own rule.
+        # Without it, POSIX shared memory and semaphores (Backtest.optimize, multiprocessing) fail.
+        landlock.PathRule("/dev/shm", landlock.READ_WRITE),
     ]
     rules += [landlock.PathRule(f"/dev/{name}", landlock.READ_FILE | landlock.WRITE_FILE)
               for name in ("null", "zero", "full", "random", "urandom")]
@@ -131,10 +136,8 @@ def _landlock_rules() -> list[landlock.PathRule]:
 def _close_other_fds(keep: set[int]) -> None:
     for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
         if fd not in keep:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def enter_jail(config: JailConfig) -> None:
@@ -179,7 +182,7 @@ def run_in_namespace(config: JailConfig, body: Callable[[], int], control_fd: in
     def child() -> None:
         try:
             enter_jail(config)
-        except BaseException as exc:  # noqa: BLE001 - reported as a sandbox failure
+        except BaseException as exc:
             _setup_failed(exc, 121)
         status = 70
         try:
@@ -193,7 +196,7 @@ def run_in_namespace(config: JailConfig, body: Callable[[], int], control_fd: in
         os.close(go_fd)
         enter_namespaces()
         _supervise(child, control_fd)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         _setup_failed(exc, 122)
     os._exit(0)
 
@@ -218,7 +221,7 @@ def run_unprotected(config: JailConfig, body: Callable[[str], int], control_fd: 
             linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
             os.environ.clear()
             os.environ.update({**SANDBOX_ENV, "HOME": workdir, "TMPDIR": workdir})
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             _setup_failed(exc, 121)
         status = 70
         try:
@@ -230,7 +233,7 @@ def run_unprotected(config: JailConfig, body: Callable[[str], int], control_fd: 
         os.read(go_fd, 1)
         os.close(go_fd)
         _supervise(child, control_fd)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         _setup_failed(exc, 122)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ the forked child between fork and the strategy code, so they cannot shell out.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 
@@ -111,11 +112,9 @@ def last_capability() -> int:
 def drop_all_capabilities() -> None:
     """Empty the bounding, ambient, effective, permitted and inheritable sets."""
     for cap in range(last_capability() + 1):
-        try:
+        # EINVAL for capabilities this kernel does not know; EPERM once CAP_SETPCAP is gone.
+        with contextlib.suppress(OSError):
             prctl(PR_CAPBSET_DROP, cap)
-        except OSError:
-            # EINVAL for capabilities this kernel does not know; EPERM once CAP_SETPCAP is gone.
-            pass
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()

@@ -69,7 +69,7 @@ class Worker:
         def reader() -> None:
             try:
                 box.append(protocol.read_frame(self._out))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            except BaseException as exc:
                 box.append(exc)
 
         thread = threading.Thread(target=reader, daemon=True)

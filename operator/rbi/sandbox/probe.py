@@ -37,7 +37,7 @@ def _in_child(action: Callable[[], None]) -> tuple[bool, str]:
             action()
             os.write(write_fd, b"ok")
             os._exit(0)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             os.write(write_fd, f"{type(exc).__name__}: {exc}".encode()[:500])
             os._exit(1)
     os.close(write_fd)

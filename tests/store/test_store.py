@@ -508,27 +508,42 @@ def test_parallel_workers_register_and_record(db_url: str, tmp_path: Path) -> No
 
 
 @pytest.mark.postgres
-def test_register_version_retries_when_another_process_takes_the_number(empty_postgres_url: str) -> None:
-    """The race made deterministic: a rival commits between our read and our insert."""
+def test_register_version_when_a_rival_commits_inside_our_transaction(empty_postgres_url: str) -> None:
+    """The races of parallel workers, made deterministic: a rival commits at a chosen statement of ours."""
     with ResultStore(empty_postgres_url) as ours, ResultStore(empty_postgres_url) as rival:
         ours.migrate()
-        rival_code: list[str] = []
+        # (code the rival registers, how many of our reads of strategy_versions it waits for)
+        plan: list[tuple[str, int]] = []
+        reads: list[str] = []
 
-        def rival_goes_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if rival_code and statement.lstrip().upper().startswith("INSERT INTO STRATEGY_VERSIONS"):
-                rival.register_version("sma", code=rival_code.pop(), params={})
+        def rival_commits(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            normalised = statement.lstrip().upper()
+            if not plan or "STRATEGY_VERSIONS" not in normalised:
+                return
+            code, after_reads = plan[0]
+            is_insert = normalised.startswith("INSERT")
+            if normalised.startswith("SELECT"):
+                reads.append(statement)
+            if is_insert or len(reads) > after_reads:
+                plan.pop(0)
+                reads.clear()
+                rival.register_version("sma", code=code, params={})
 
-        event.listen(ours.engine, "before_cursor_execute", rival_goes_first)
+        event.listen(ours.engine, "before_cursor_execute", rival_commits)
         try:
-            # The rival takes number 1 for other code: ours retries and takes 2.
-            rival_code.append(CODE + "# rival\n")
+            # Between our reads and our insert, the rival takes the number we chose: ours takes the next.
+            plan.append((CODE + "# rival\n", 99))
             assert ours.register_version("sma", code=CODE + "# ours\n", params={}) == 2
-            # The rival registers the very code that we register: ours retries and reuses its number.
-            rival_code.append(CODE)
+            # Same, but the rival registers the very code that we register: ours reuses its number.
+            plan.append((CODE, 99))
             assert ours.register_version("sma", code=CODE, params={}) == 3
+            # The rival registers our code between our first and second read: still no duplicate.
+            plan.append((CODE + "# both\n", 1))
+            assert ours.register_version("sma", code=CODE + "# both\n", params={}) == 4
         finally:
-            event.remove(ours.engine, "before_cursor_execute", rival_goes_first)
-        assert [record.code for record in ours.versions("sma")] == [CODE + "# rival\n", CODE + "# ours\n", CODE]
+            event.remove(ours.engine, "before_cursor_execute", rival_commits)
+        codes = [record.code for record in ours.versions("sma")]
+        assert codes == [CODE + "# rival\n", CODE + "# ours\n", CODE, CODE + "# both\n"]
 
 
 # --- Dead databases -------------------------------------------------------------------------------

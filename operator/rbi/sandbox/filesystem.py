@@ -98,6 +98,16 @@ def build_root(plan: FilesystemPlan, *, mountpoint: str, code: str) -> None:
     linux.mount("rbi-root", mountpoint, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, _ROOT_TMPFS_OPTIONS)
     root = mountpoint
 
+    # Scratch first: a virtualenv or checkout that lives under the host's /tmp is bound on top of it
+    # (read-only), instead of being hidden underneath it.
+    scratch = _mkdirs(root, SCRATCH_DIR)
+    options = (f"size={plan.disk_bytes},nr_inodes={plan.max_files},mode=0700,"
+               f"uid={plan.scratch_owner},gid={plan.scratch_owner}")
+    linux.mount("rbi-scratch", scratch, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
+    shm = os.path.join(scratch, SHM_SUBDIR)
+    os.mkdir(shm, 0o700)
+    os.chown(shm, plan.scratch_owner, plan.scratch_owner)
+
     for path in plan.read_only:
         _bind(path, _mkdirs(root, path))
     # Merged-/usr systems have /lib -> usr/lib style links; recreate them.
@@ -117,13 +127,6 @@ def build_root(plan: FilesystemPlan, *, mountpoint: str, code: str) -> None:
         _bind(f"/dev/{name}", node, read_only=False)
     os.symlink("/proc/self/fd", os.path.join(dev, "fd"))
 
-    scratch = _mkdirs(root, SCRATCH_DIR)
-    options = (f"size={plan.disk_bytes},nr_inodes={plan.max_files},mode=0700,"
-               f"uid={plan.scratch_owner},gid={plan.scratch_owner}")
-    linux.mount("rbi-scratch", scratch, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
-    shm = os.path.join(scratch, SHM_SUBDIR)
-    os.mkdir(shm, 0o700)
-    os.chown(shm, plan.scratch_owner, plan.scratch_owner)
     shm_target = _mkdirs(root, "/dev/shm")
     _bind(shm, shm_target, read_only=False)
 

@@ -12,6 +12,7 @@ import fcntl
 import gc
 import io
 import os
+import select
 import selectors
 import signal
 import sys
@@ -25,6 +26,7 @@ from rbi.sandbox.limits import SandboxLimits
 MAX_RESULT_BYTES = 16 * 2**20
 _HIGH_FD = 20
 _CHUNK = 65536
+_REAP_GRACE_SECONDS = 2.0
 
 
 def _preload() -> None:
@@ -79,6 +81,8 @@ def _warm_up() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = Backtest(frame, WarmUp, cash=1_000_000, commission=0.001, finalize_trades=True).run()
+        # Printing stats lazily imports pandas' formatters: a script-mode `print(stats)` must find them loaded.
+        str(result)
         stats.stats_to_dict(result)
         stats.equity_curve(result)
         stats.trades_summary(result)
@@ -132,6 +136,12 @@ def _child_body(request: dict[str, Any], frame: Any, code_path: str | None = Non
         sys.stderr.flush()
     runner.write_report_fd(jail.RESULT_FD, report)
     return 0
+
+
+def _exits_within(pidfd: int, seconds: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(seconds * 1000)))
 
 
 def _kill(pid: int | None) -> None:
@@ -271,8 +281,13 @@ def _monitor(pid: int, limits: SandboxLimits, *, out_r: int, err_r: int, res_r: 
             killed = "result"
             break
     if killed:
+        # Kill P, the PID namespace's init (every process in the namespace dies with it), and let
+        # S reap it. Killing S at the same time orphans P: it stays a zombie of the sandbox uid,
+        # counted against RLIMIT_NPROC, until the host's init reaps it, which never happens where
+        # PID 1 does not reap (a container whose PID 1 is the Python operator).
         _kill(inner_pid)
-        _kill(pid)
+        if inner_pid is None or not _exits_within(pidfd, _REAP_GRACE_SECONDS):
+            _kill(pid)
     _, wait_status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - started
     # Drain what is left; every writer is gone once the PID namespace is torn down.

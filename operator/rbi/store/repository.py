@@ -423,6 +423,13 @@ class ResultStore:
         parent_version: int | None,
         source: str,
     ) -> int:
+        # Read the highest number BEFORE looking for the same code. A version v is only ever written by a
+        # transaction that saw v - 1 committed, so once we have seen the highest number n committed,
+        # every version up to n is committed and the next statement sees the same code if any of them
+        # holds it. In the other order, a rival committing between the two reads makes a duplicate.
+        latest = session.scalar(
+            select(func.max(StrategyVersion.version)).where(StrategyVersion.strategy_name == strategy_name)
+        )
         same_code = session.scalars(
             select(StrategyVersion)
             .where(StrategyVersion.strategy_name == strategy_name, StrategyVersion.code_hash == digest)
@@ -432,9 +439,6 @@ class ResultStore:
         for existing in same_code:
             if _canonical(existing.params) == wanted:
                 return existing.version
-        latest = session.scalar(
-            select(func.max(StrategyVersion.version)).where(StrategyVersion.strategy_name == strategy_name)
-        )
         version = (latest or 0) + 1
         session.add(
             StrategyVersion(

@@ -27,8 +27,9 @@ from sqlalchemy.exc import OperationalError
 
 from rbi.errors import StoreError
 from rbi.outcome import FailureClass, RunError, RunOutcome, Status
-from rbi.store import ResultStore, code_hash, json_safe
+from rbi.store import ResultStore, code_hash, repository
 from rbi.store.models import Base
+from rbi.store.repository import storable_json
 
 SEED_RESULT_COLUMNS = {
     "id", "strategy_name", "version", "code_hash", "execution_time", "total_return", "sharpe_ratio",
@@ -72,9 +73,7 @@ def migrations_dir() -> str:
 # --- Schema ---------------------------------------------------------------------------------------
 
 
-def test_migrate_is_idempotent_and_records_head(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_migrate_is_idempotent_and_records_head(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The migrations are found from the package, whatever the working directory is.
     monkeypatch.chdir(tmp_path)
     head = ScriptDirectory(migrations_dir()).get_current_head()
@@ -102,9 +101,7 @@ def test_tables_have_seed_and_added_columns(store: ResultStore) -> None:
     history_columns = {column["name"] for column in inspector.get_columns("optimization_history")}
     assert SEED_HISTORY_COLUMNS | {"created_at", "details"} <= history_columns
     version_columns = {column["name"] for column in inspector.get_columns("strategy_versions")}
-    assert {"strategy_name", "version", "code", "code_hash", "params", "parent_version", "source"} <= (
-        version_columns
-    )
+    assert {"strategy_name", "version", "code", "code_hash", "params", "parent_version", "source"} <= (version_columns)
     unique = inspector.get_unique_constraints("strategy_versions")
     assert any(set(constraint["column_names"]) == {"strategy_name", "version"} for constraint in unique)
     indexed = {tuple(index["column_names"]) for index in inspector.get_indexes("backtest_results")}
@@ -120,13 +117,20 @@ def test_models_and_migrations_agree(store: ResultStore) -> None:
 def test_newer_schema_revision_is_refused(store: ResultStore) -> None:
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = 'fromthefuture'"))
-    with pytest.raises(StoreError, match="fromthefuture.*upgrade rbi"):
+    with pytest.raises(StoreError, match=r"fromthefuture.*upgrade rbi"):
         store.migrate()
 
 
 def test_unmigrated_database_names_the_fix(db_url: str) -> None:
     with ResultStore(db_url) as store, pytest.raises(StoreError, match=r"migrate\(\)"):
         store.list_runs()
+
+
+def test_sqlite_uses_wal_and_waits_for_the_write_lock(tmp_path: Path) -> None:
+    with ResultStore(f"sqlite:///{tmp_path / 'rbi.db'}") as store, store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert int(connection.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0) >= 5000
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
 # --- Versions -------------------------------------------------------------------------------------
@@ -168,9 +172,7 @@ def test_versions_carry_their_newest_plain_run(store: ResultStore) -> None:
     v1 = store.register_version("sma", code=CODE, params={})
     v2 = store.register_version("sma", code=CODE + "#2\n", params={})
     store.record_run("sma", succeeded(sharpe_ratio=0.5), version=v1, dataset_hash=None, dataset_name=None)
-    newest = store.record_run(
-        "sma", succeeded(sharpe_ratio=0.7), version=v1, dataset_hash=None, dataset_name=None
-    )
+    newest = store.record_run("sma", succeeded(sharpe_ratio=0.7), version=v1, dataset_hash=None, dataset_name=None)
     # Optimizer trials run other parameters, so they do not stand for the version.
     store.record_run(
         "sma", succeeded(sharpe_ratio=9.0), version=v1, dataset_hash=None, dataset_name=None, run_kind="trial"
@@ -305,7 +307,18 @@ def test_list_runs_filters_and_orders(store: ResultStore) -> None:
     by_factor = [run.id for run in store.list_runs(best_by="profit_factor")]
     assert by_factor[:3] == [ids["nan"], ids["low"], ids["other"]]
     assert ids["failed"] not in by_factor
-    assert set(by_factor[3:]) == {ids["high"], ids["idle"]}
+    assert by_factor[3:] == [ids["idle"], ids["high"]]
+
+
+def test_best_by_sorts_the_same_in_python(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback for backends without known JSON functions ranks exactly as the SQL does."""
+    _seed_runs(store)
+    keys = ["profit_factor", "sharpe_ratio", "return_pct", "missing_key"]
+    in_sql = {key: [run.id for run in store.list_runs(best_by=key)] for key in keys}
+    monkeypatch.setattr(repository, "_stat_sort_key", lambda dialect, key: None)
+    in_python = {key: [run.id for run in store.list_runs(best_by=key)] for key in keys}
+    assert in_python == in_sql
+    assert [run.id for run in store.list_runs(best_by="sharpe_ratio", limit=2)] == in_sql["sharpe_ratio"][:2]
 
 
 def test_list_runs_rejects_unknown_status(store: ResultStore) -> None:
@@ -492,6 +505,7 @@ def _race(url: str, codes: list[str], rounds: int, barrier: Path) -> list[list[i
     return results
 
 
+@pytest.mark.slow
 def test_parallel_workers_register_and_record(db_url: str, tmp_path: Path) -> None:
     # Pairs of workers register the same codes at the same moments, on a database nobody migrated yet.
     codes = [CODE, CODE + "# variant\n"] * 2
@@ -585,9 +599,11 @@ def test_corrupt_sqlite_file(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
-def test_invalid_url() -> None:
+def test_invalid_url_or_missing_driver() -> None:
     with pytest.raises(StoreError, match="URL"):
         ResultStore("not a url at all")
+    with pytest.raises(StoreError, match=r"mysql://u:\*\*\*@db.example/rbi: cannot open"):
+        ResultStore("mysql://u:secret@db.example/rbi")
 
 
 def test_dead_postgres_fails_fast_with_masked_password() -> None:
@@ -672,7 +688,7 @@ def test_json_safe() -> None:
         "items": (1, "x\x00y", [float("-inf")]),
         3: "int key",
     }
-    safe = json_safe(value)
+    safe = storable_json(value)
     assert safe == {
         "nan": None,
         "inf": None,

@@ -7,7 +7,6 @@ from rbi.store.repository import (
     TrialRecord,
     VersionRecord,
     code_hash,
-    json_safe,
 )
 
 __all__ = [
@@ -17,5 +16,4 @@ __all__ = [
     "TrialRecord",
     "VersionRecord",
     "code_hash",
-    "json_safe",
 ]

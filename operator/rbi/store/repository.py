@@ -158,11 +158,12 @@ def clean_text(value: str) -> str:
     return value
 
 
-def json_safe(value: Any) -> Any:
-    """`value` as strict JSON data: NaN and infinities become None, odd scalars become plain ones.
+def storable_json(value: Any) -> Any:
+    """`value` as strict JSON data that both backends accept: NaN and infinities become None.
 
-    Strategy statistics come from pandas and numpy, so they carry NaN (no trades), numpy scalars and
-    timestamps; strict JSON has none of these, and PostgreSQL would reject the first.
+    `rbi.stats.json_safe` already cleans statistics where they are made; this is the store's own last
+    line, for any caller, and needs neither numpy nor pandas. Strict JSON has no NaN (a run without
+    trades has a NaN Sharpe ratio), and PostgreSQL rejects it outright.
     """
     if value is None or isinstance(value, bool):
         return value
@@ -173,9 +174,9 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, numbers.Real):
         return _finite(value)
     if isinstance(value, Mapping):
-        return {clean_text(str(key)): json_safe(item) for key, item in value.items()}
+        return {clean_text(str(key)): storable_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(item) for item in value]
+        return [storable_json(item) for item in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, timedelta):
@@ -184,7 +185,7 @@ def json_safe(value: Any) -> Any:
     if callable(item):
         # numpy and pandas scalars: unwrap to the Python scalar, then clean that.
         try:
-            return json_safe(item())
+            return storable_json(item())
         except (TypeError, ValueError):
             pass
     return clean_text(str(value))
@@ -311,8 +312,7 @@ class ResultStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(
-                    f"results database {self.display_url}: cannot create directory {path.parent}: "
-                    f"{exc.strerror or exc}"
+                    f"results database {self.display_url}: cannot create directory {path.parent}: {exc.strerror or exc}"
                 ) from exc
         with self._guard("open"):
             self._engine = _build_engine(parsed)
@@ -350,9 +350,10 @@ class ResultStore:
         """Bring the schema to the newest revision; a no-op when it is there already."""
         config = _alembic_config()
         script = ScriptDirectory.from_config(config)
-        with self._guard("migrate the schema"), self._engine.execution_options(
-            **{_WRITE_OPTION: True}
-        ).begin() as connection:
+        with (
+            self._guard("migrate the schema"),
+            self._engine.execution_options(**{_WRITE_OPTION: True}).begin() as connection,
+        ):
             if connection.dialect.name == "postgresql":
                 # Two processes starting at once must not both create the tables.
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
@@ -390,7 +391,7 @@ class ResultStore:
     ) -> int:
         """The version number of this code with these parameters, registering it when it is new."""
         digest = code_hash(code)
-        safe_params = json_safe(params)
+        safe_params = storable_json(params)
         with self._guard(f"register a version of {strategy_name!r}"):
             for attempt in range(1, _REGISTER_ATTEMPTS + 1):
                 try:
@@ -503,7 +504,7 @@ class ResultStore:
         _check_one_of("sample", sample, SAMPLES)
         _check_one_of("run kind", run_kind, RUN_KINDS)
         status = Status(outcome.status)
-        stats: dict[str, Any] = json_safe(outcome.stats)
+        stats: dict[str, Any] = storable_json(outcome.stats)
         error = outcome.error
         with self._guard(f"record a run of {strategy_name!r} v{version}"), self._writing() as session:
             digest = outcome.code_hash or self._known_code_hash(session, strategy_name, version)
@@ -523,7 +524,7 @@ class ResultStore:
                 error_line=error.line if error else None,
                 error_detail=clean_text(error.detail) if error and error.detail else None,
                 mode=outcome.mode,
-                params=json_safe(outcome.params),
+                params=storable_json(outcome.params),
                 stats=stats,
                 dataset_hash=dataset_hash,
                 dataset_name=clean_text(dataset_name) if dataset_name else None,
@@ -533,7 +534,7 @@ class ResultStore:
                 sample=sample,
                 trial_id=trial_id,
                 run_kind=run_kind,
-                labels=json_safe(labels) if labels is not None else None,
+                labels=storable_json(labels) if labels is not None else None,
             )
             session.add(row)
             session.flush()
@@ -610,7 +611,7 @@ class ResultStore:
                 optimization_type=optimization_type,
                 changes_made=clean_text(changes_made),
                 performance_delta=_finite(performance_delta),
-                details=json_safe(details) if details is not None else None,
+                details=storable_json(details) if details is not None else None,
             )
             session.add(row)
             session.flush()
@@ -660,10 +661,10 @@ class ResultStore:
                 parent_version=parent_version,
                 iteration=iteration,
                 trial_number=trial_number,
-                params=json_safe(params),
+                params=storable_json(params),
                 objective=_finite(objective),
                 status=status,
-                stats=json_safe(stats or {}),
+                stats=storable_json(stats or {}),
                 sample=sample,
             )
             session.add(row)
@@ -717,7 +718,7 @@ class ResultStore:
             yield
         except StoreError:
             raise
-        except (SQLAlchemyError, CommandError, OSError) as exc:
+        except (SQLAlchemyError, CommandError, OSError, ImportError) as exc:
             raise StoreError(f"results database {self.display_url}: cannot {action}: {self._reason(exc)}") from exc
 
     def _reason(self, exc: BaseException) -> str:

@@ -34,9 +34,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=40), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=_NOW, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_strategy_versions")),
-        sa.UniqueConstraint(
-            "strategy_name", "version", name=op.f("uq_strategy_versions_strategy_name_version")
-        ),
+        sa.UniqueConstraint("strategy_name", "version", name=op.f("uq_strategy_versions_strategy_name_version")),
     )
     op.create_index(
         op.f("ix_strategy_versions_strategy_name_code_hash"),
@@ -100,9 +98,7 @@ def upgrade() -> None:
         sa.Column("trial_id", sa.Integer(), nullable=True),
         sa.Column("run_kind", sa.String(length=10), server_default="run", nullable=False),
         sa.Column("labels", sa.JSON(), nullable=True),
-        sa.CheckConstraint(
-            "status IN ('succeeded', 'no_trades', 'failed')", name=op.f("ck_backtest_results_status")
-        ),
+        sa.CheckConstraint("status IN ('succeeded', 'no_trades', 'failed')", name=op.f("ck_backtest_results_status")),
         sa.CheckConstraint(_SAMPLE_CHECK, name=op.f("ck_backtest_results_sample")),
         sa.CheckConstraint("run_kind IN ('run', 'trial')", name=op.f("ck_backtest_results_run_kind")),
         sa.ForeignKeyConstraint(
@@ -118,9 +114,7 @@ def upgrade() -> None:
         "backtest_results",
         ["strategy_name", "created_at"],
     )
-    op.create_index(
-        op.f("ix_backtest_results_strategy_name_version"), "backtest_results", ["strategy_name", "version"]
-    )
+    op.create_index(op.f("ix_backtest_results_strategy_name_version"), "backtest_results", ["strategy_name", "version"])
     op.create_index(op.f("ix_backtest_results_created_at"), "backtest_results", ["created_at"])
     op.create_index(op.f("ix_backtest_results_status"), "backtest_results", ["status"])
     op.create_index(op.f("ix_backtest_results_trial_id"), "backtest_results", ["trial_id"])

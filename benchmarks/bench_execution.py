@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.util
 import itertools
 import json
 import os
@@ -171,11 +170,29 @@ def machine_info(pool_info: dict[str, Any]) -> dict[str, Any]:
         "worker_cgroups": bool(pool_info.get("cgroups")),
         "worker_euid": pool_info.get("euid"),
         "landlock_abi": pool_info.get("landlock_abi"),
+        "venv_has_bytecode": any(Path(pandas.__file__).parent.glob("__pycache__/*.pyc")),
+        "pythondontwritebytecode": os.environ.get("PYTHONDONTWRITEBYTECODE", ""),
         "rbi_sandbox_cgroups_env": os.environ.get("RBI_SANDBOX_CGROUPS", "(unset: on where writable)"),
     }
 
 
 # --------------------------------------------------------------------------- the benchmark
+
+
+def capture_reports(executor: Any) -> list[dict[str, Any]]:
+    """Keep the worker's raw report of each run (LocalExecutor.execute only returns the outcome)."""
+    pool = executor.pool
+    submit = pool.submit
+    reports: list[dict[str, Any]] = []
+
+    def keep(message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        report: dict[str, Any] = submit(message, timeout=timeout)
+        del reports[:-1]
+        reports.append(report)
+        return report
+
+    pool.submit = keep
+    return reports
 
 
 class Bench:
@@ -228,9 +245,20 @@ class Bench:
             raise RuntimeError(f"the sandboxed run failed: {outcome.error}")
         return outcome
 
-    def fresh(self) -> int:
+    def fresh(self, *, bytecode: bool = True) -> int:
+        """A new interpreter runs the script. With `bytecode`, compiled modules are cached (as pip
+        leaves them); without, every import compiles from source (a venv synced by uv without
+        --compile-bytecode, with PYTHONDONTWRITEBYTECODE=1, as on the machines this was written on).
+        PYTHONPYCACHEPREFIX keeps both cases independent of what the venv holds, and leaves it alone."""
+        env = dict(os.environ)
+        if bytecode:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(self.scratch / "pycache")
+        else:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+            env["PYTHONPYCACHEPREFIX"] = str(self.scratch / "no-pycache")
         completed = subprocess.run([sys.executable, str(self.fresh_script), self.prepared.raw_data_file],
-                                   capture_output=True, text=True, check=False)
+                                   capture_output=True, text=True, check=False, env=env)
         if completed.returncode != 0:
             raise RuntimeError(f"the fresh interpreter failed: {completed.stderr[-2000:]}")
         match = re.search(r"^# Trades\s+(\d+)", completed.stdout, re.MULTILINE)
@@ -238,58 +266,67 @@ class Bench:
             raise RuntimeError(f"no '# Trades' in the fresh interpreter's output: {completed.stdout[-2000:]}")
         return int(match.group(1))
 
-    def run_single(self, executor: Any) -> None:
+    def run_single(self, executor: Any, no_cgroups: Any | None) -> None:
         repeat, fresh_repeat = self.args.repeat, self.args.fresh_repeat
-        # Untimed warm-ups: first-call costs in this process, the worker and the page cache.
+        # Untimed warm-ups: first-call costs in this process, the workers and the page cache.
         expected = int(self.in_process(self.strategy)["# Trades"])
         expected_noop = int(self.in_process(self.noop_strategy)["# Trades"])
-        self.sandboxed(executor, self.prepared)
-        self.sandboxed(executor, self.prepared_noop)
+        self.checks["in_process_trades"] = {"sma": expected, "noop": expected_noop}
+
+        def in_process(strategy: type) -> Callable[[], tuple[int, dict[str, float]]]:
+            return lambda: (int(self.in_process(strategy)["# Trades"]), {})
+
+        def sandbox(pool: Any, prepared: Any) -> Callable[[], tuple[int, dict[str, float]]]:
+            reports = capture_reports(pool)
+
+            def action() -> tuple[int, dict[str, float]]:
+                outcome = self.sandboxed(pool, prepared)
+                # Three clocks split the run: the runner's own (strategy code, Backtest, stats and
+                # series, inside the jail), the worker's (fork until the child is reaped), and ours.
+                return int(outcome.stats["num_trades"]), {"runner": outcome.execution_time,
+                                                          "worker_wall": float(reports[-1]["wall_time"])}
+            return action
+
+        # One round, in this order; every kind but the fresh interpreter runs `repeat` times.
+        kinds: list[tuple[str, Callable[[], tuple[int, dict[str, float]]], int]] = [
+            ("in-process", in_process(self.strategy), expected),
+            ("sandbox", sandbox(executor, self.prepared), expected),
+        ]
+        if no_cgroups is not None:
+            kinds.append(("sandbox, cgroups off", sandbox(no_cgroups, self.prepared), expected))
+        kinds += [
+            ("in-process no-op next()", in_process(self.noop_strategy), expected_noop),
+            ("sandbox no-op next()", sandbox(executor, self.prepared_noop), expected_noop),
+        ]
+        for _, action, _ in kinds[1:]:
+            action()
         if fresh_repeat:
-            self.fresh()
-        self.checks["in_process_trades"] = expected
+            kinds.append(("fresh interpreter", lambda: (self.fresh(), {}), expected))
+            self.fresh()  # also fills the bytecode cache
+            if self.args.fresh_no_bytecode:
+                kinds.append(("fresh interpreter, no bytecode cache",
+                              lambda: (self.fresh(bytecode=False), {}), expected))
         trade_counts: dict[str, set[int]] = {}
-
-        def check(kind: str, trades: int) -> None:
-            trade_counts.setdefault(kind, set()).add(trades)
-
-        for round_number in range(max(repeat, fresh_repeat)):
-            if round_number < repeat:
-                wall, cpu, stats = timed(lambda: self.in_process(self.strategy))
-                self.record("in-process", wall, cpu)
-                check("in-process", int(stats["# Trades"]))
-
-                wall, cpu, outcome = timed(lambda: self.sandboxed(executor, self.prepared))
-                # execution_time is the worker's own clock, fork to reaped child; the rest is the
-                # host: request and response frames, the pool's reader thread, classify_report.
-                self.record("sandbox", wall, cpu, worker_wall=outcome.execution_time)
-                check("sandbox", int(outcome.stats["num_trades"]))
-
-                wall, cpu, stats = timed(lambda: self.in_process(self.noop_strategy))
-                self.record("in-process no-op next()", wall, cpu)
-                check("in-process no-op next()", int(stats["# Trades"]))
-
-                wall, cpu, outcome = timed(lambda: self.sandboxed(executor, self.prepared_noop))
-                self.record("sandbox no-op next()", wall, cpu, worker_wall=outcome.execution_time)
-                check("sandbox no-op next()", int(outcome.stats["num_trades"]))
-            if round_number < fresh_repeat:
-                wall, cpu, trades = timed(self.fresh)
-                self.record("fresh interpreter", wall, cpu)
-                check("fresh interpreter", trades)
-            print(f"  round {round_number + 1}/{max(repeat, fresh_repeat)}", file=sys.stderr, flush=True)
+        rounds = max(repeat, fresh_repeat)
+        for round_number in range(rounds):
+            for kind, action, _ in kinds:
+                if round_number >= (fresh_repeat if kind.startswith("fresh") else repeat):
+                    continue
+                wall, cpu, (trades, extra) = timed(action)
+                self.record(kind, wall, cpu, **extra)
+                trade_counts.setdefault(kind, set()).add(trades)
+            print(f"  round {round_number + 1}/{rounds}", file=sys.stderr, flush=True)
         self.checks["trade_counts"] = {kind: sorted(counts) for kind, counts in trade_counts.items()}
-        wrong = {kind: counts for kind, counts in trade_counts.items()
-                 if counts != {expected_noop if "no-op" in kind else expected}}
+        wrong = {kind: sorted(trade_counts[kind]) for kind, _, want in kinds if trade_counts[kind] != {want}}
         if wrong:
-            raise RuntimeError(f"runs disagree on the number of trades: {wrong} (expected {expected})")
+            raise RuntimeError(f"runs disagree on the number of trades: {wrong} (expected {expected}, "
+                               f"{expected_noop} with the no-op next())")
 
     # ---- the batch
 
-    def run_batch(self, executor: Any) -> None:
+    def run_batch(self, executor: Any, no_cgroups: Any | None) -> None:
         combos = [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
         runs = [self.prepared.with_params(params) for params in combos]
-        # Warm both workers first: the pool starts its second worker lazily, on first demand.
-        list(executor.execute_many(runs[:2]))
 
         def loop() -> list[int]:
             bt = self.Backtest(self.frame, self.strategy, **self.options)
@@ -297,31 +334,38 @@ class Bench:
                 warnings.simplefilter("ignore")
                 return [int(bt.run(**params)["# Trades"]) for params in combos]
 
-        def sandbox_batch() -> list[int]:
-            outcomes = list(executor.execute_many(runs))
-            failed = [o.error for o in outcomes if o.error is not None]
-            if failed:
-                raise RuntimeError(f"{len(failed)} sandboxed batch runs failed: {failed[0]}")
-            return [int(o.stats["num_trades"]) for o in outcomes]
+        def sandbox_batch(pool: Any) -> Callable[[], list[int]]:
+            def action() -> list[int]:
+                outcomes = list(pool.execute_many(runs))
+                failed = [o.error for o in outcomes if o.error is not None]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} sandboxed batch runs failed: {failed[0]}")
+                return [int(o.stats["num_trades"]) for o in outcomes]
+            return action
 
-        def optimize() -> int:
+        def optimize() -> list[int]:
             bt = self.Backtest(self.frame, self.strategy, **self.options)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                stats = bt.optimize(**{k: list(v) for k, v in GRID.items()}, maximize="Equity Final [$]")
-            return int(stats["# Trades"])
+                bt.optimize(**{k: list(v) for k, v in GRID.items()}, maximize="Equity Final [$]")
+            return []
 
+        kinds: list[tuple[str, Callable[[], list[int]]]] = [
+            ("batch: in-process sequential loop", loop),
+            (f"batch: sandbox execute_many, {executor.workers} workers", sandbox_batch(executor)),
+        ]
+        if no_cgroups is not None:
+            kinds.append((f"batch: sandbox execute_many, {no_cgroups.workers} workers, cgroups off",
+                          sandbox_batch(no_cgroups)))
+        if self.args.optimize:
+            kinds.append(("batch: in-process Backtest.optimize (own process pool)", optimize))
+        reference = loop()
         for round_number in range(self.args.batch_repeat):
-            wall, cpu, reference = timed(loop)
-            self.record("batch: in-process sequential loop", wall, cpu)
-            wall, cpu, trades = timed(sandbox_batch)
-            self.record(f"batch: sandbox execute_many, {executor.workers} workers", wall, cpu)
-            if trades != reference:
-                raise RuntimeError(f"the sandboxed batch disagrees with the in-process loop: {trades} != "
-                                   f"{reference}")
-            if self.args.optimize:
-                wall, cpu, _ = timed(optimize)
-                self.record("batch: in-process Backtest.optimize (own process pool)", wall, cpu)
+            for kind, action in kinds:
+                wall, cpu, trades = timed(action)
+                self.record(kind, wall, cpu)
+                if trades and trades != reference:
+                    raise RuntimeError(f"{kind} disagrees with the in-process loop: {trades} != {reference}")
             print(f"  batch round {round_number + 1}/{self.args.batch_repeat}", file=sys.stderr, flush=True)
         self.checks["batch_trades"] = dict(zip([json.dumps(c) for c in combos], reference, strict=True))
         self.batch_size = len(combos)
@@ -348,7 +392,8 @@ def build_results(bench: Bench, startup: dict[str, float], info: dict[str, Any],
     med = {name: data["wall"]["median"] for name, data in kinds.items()}
     single: dict[str, dict[str, float | None]] = {}
     for name, base in (("in-process", "in-process"), ("sandbox", "in-process"),
-                       ("fresh interpreter", "in-process"),
+                       ("sandbox, cgroups off", "in-process"), ("fresh interpreter", "in-process"),
+                       ("fresh interpreter, no bytecode cache", "in-process"),
                        ("in-process no-op next()", "in-process no-op next()"),
                        ("sandbox no-op next()", "in-process no-op next()")):
         if name not in samples:
@@ -362,7 +407,18 @@ def build_results(bench: Bench, startup: dict[str, float], info: dict[str, Any],
     if "fresh interpreter" in med:
         ratios["fresh / in-process"] = med["fresh interpreter"] / med["in-process"]
         ratios["fresh / sandbox"] = med["fresh interpreter"] / med["sandbox"]
-    host = [w - ww for w, ww in zip(samples["sandbox"]["wall"], samples["sandbox"]["worker_wall"], strict=True)]
+    split: dict[str, dict[str, dict[str, float]]] = {}
+    for name in ("sandbox", "sandbox, cgroups off", "sandbox no-op next()"):
+        if name not in samples:
+            continue
+        data = samples[name]
+        split[name] = {
+            "runner (inside the jail)": summary([r * 1000 for r in data["runner"]]),
+            "fork, jail set-up, JSON encode, exit and reap": summary(
+                [(w - r) * 1000 for w, r in zip(data["worker_wall"], data["runner"], strict=True)]),
+            "host: frames, reader thread, classify_report": summary(
+                [(t - w) * 1000 for t, w in zip(data["wall"], data["worker_wall"], strict=True)]),
+        }
     batch = {name: {"runs": bench.batch_size + (1 if "optimize" in name else 0),
                     "runs_per_second": (bench.batch_size + (1 if "optimize" in name else 0))
                     / kinds[name]["wall"]["median"]}
@@ -380,7 +436,7 @@ def build_results(bench: Bench, startup: dict[str, float], info: dict[str, Any],
         "kinds": kinds,
         "single": single,
         "ratios": ratios,
-        "sandbox_host_side_ms": summary([h * 1000 for h in host]),
+        "sandbox_split_ms": split,
         "batch": batch,
         "target_overhead_ms": TARGET_OVERHEAD_MS,
         "checks": bench.checks,
@@ -401,7 +457,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     labels = {
         "in-process": "in-process `Backtest.run()` (baseline)",
         "sandbox": "sandbox `LocalExecutor.execute()` (warm pool)",
+        "sandbox, cgroups off": "sandbox, `RBI_SANDBOX_CGROUPS=0`",
         "fresh interpreter": "fresh interpreter `subprocess.run([python, script])`",
+        "fresh interpreter, no bytecode cache": "fresh interpreter, imports compiled from source",
         "in-process no-op next()": "in-process, no-op `next()`",
         "sandbox no-op next()": "sandbox, no-op `next()`",
     }
@@ -410,10 +468,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         overhead = "—" if row["overhead_ms"] is None else f"{row['overhead_ms']:+.0f}"
         lines.append(f"| {labels[name]} | {wall['median']:.3f} | {wall['p90']:.3f} | {overhead} | "
                      f"{row['ratio_to_in_process']:.2f} | {cpu['median']:.3f} |")
-    lines += ["", "| ratio of medians | value |", "|---|---:|"]
+    target = results["target_overhead_ms"]
+    lines += ["", f"Overhead is the median of per-round differences against the in-process run of the same "
+              f"strategy (the target from the issue: below {target:.0f} ms per run). CPU is the whole process "
+              f"tree: this process, the workers and their sandboxed children.",
+              "", "| ratio of medians | value |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in results["ratios"].items()]
-    lines += ["", f"Batch: {s['grid']} ({next(iter(results['batch'].values()))['runs'] if results['batch'] else 0}"
-              f" runs), {s['batch_repeat']} rounds, interleaved.", "",
+    grid = " × ".join(f"{name} ∈ {{{', '.join(map(str, values))}}}" for name, values in s["grid"].items())
+    lines += ["", f"Batch: the grid {grid}, {s['batch_repeat']} rounds, interleaved.", "",
               "| batch | median s | p90 s | runs/s |", "|---|---:|---:|---:|"]
     for name, row in results["batch"].items():
         wall = kinds[name]["wall"]
@@ -421,21 +483,62 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {label} ({row['runs']} runs) | {wall['median']:.2f} | {wall['p90']:.2f} | "
                      f"{row['runs_per_second']:.2f} |")
     st = results["startup_seconds"]
-    host = results["sandbox_host_side_ms"]
     load = results["load"]
     lines += [
         "",
         f"Pool start-up (one warm worker: spawn, imports, warm-up backtest, hello): "
-        f"{st['pool_1_worker']:.2f} s, paid once; not in the per-run figures. "
-        f"Host side of a sandboxed run (frames, reader thread, classify): median {host['median']:.0f} ms.",
+        f"{st['pool_1_worker']:.2f} s, paid once; not in the per-run figures.",
+        "",
+        "Where a sandboxed run's time goes (medians, ms; the runner's part includes the stats, equity "
+        "curve and trade list that the in-process baseline does not compute):",
+        "",
+        "| | " + " | ".join(results["sandbox_split_ms"]) + " |",
+        "|---|" + "---:|" * len(results["sandbox_split_ms"]),
+    ]
+    parts = next(iter(results["sandbox_split_ms"].values()), {})
+    for part in parts:
+        cells = [f"{results['sandbox_split_ms'][k][part]['median']:.0f}" for k in results["sandbox_split_ms"]]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines += [
         "",
         f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, Python {m['python']}, "
         f"backtesting {m['backtesting']}, pandas {m['pandas']}, numpy {m['numpy']}, TA-Lib {m['talib']}; "
         f"worker cgroups: {'yes' if m['worker_cgroups'] else 'no'}; "
+        f"venv bytecode compiled: {'yes' if m['venv_has_bytecode'] else 'no'}; "
         f"load average {load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end. {results['created']}.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _warm(executor: Any, workers: int, prepared: Any | None) -> Any:
+    """Start every worker now: the pool starts the second one lazily, on first demand."""
+    if prepared is None:
+        _ = executor.pool
+    else:
+        list(executor.execute_many([prepared] * workers))
+    return executor
+
+
+def started_with_cgroups_on(make: Callable[[], Any], prepared: Any) -> Any:
+    executor = make()
+    return _warm(executor, executor.workers, prepared)
+
+
+def started_with_cgroups_off(make: Callable[[], Any], workers: int, prepared: Any | None = None) -> Any:
+    previous = os.environ.get("RBI_SANDBOX_CGROUPS")
+    os.environ["RBI_SANDBOX_CGROUPS"] = "0"
+    try:
+        executor = make()
+        _warm(executor, workers, prepared)
+    finally:
+        if previous is None:
+            del os.environ["RBI_SANDBOX_CGROUPS"]
+        else:
+            os.environ["RBI_SANDBOX_CGROUPS"] = previous
+    if executor.pool.info.get("cgroups"):
+        raise RuntimeError("RBI_SANDBOX_CGROUPS=0 did not reach the worker")
+    return executor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-repeat", type=int, default=3, help="timed rounds of the batch (default 3)")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false",
                         help="skip the Backtest.optimize reference in the batch")
+    parser.add_argument("--no-fresh-no-bytecode", dest="fresh_no_bytecode", action="store_false",
+                        help="skip the fresh interpreter that compiles every import from source")
+    parser.add_argument("--no-cgroups-variant", dest="cgroups_variant", action="store_false",
+                        help="skip the extra sandbox pool started with RBI_SANDBOX_CGROUPS=0")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.batch_repeat < 1 or args.fresh_repeat < 0:
@@ -459,22 +566,37 @@ def main(argv: list[str] | None = None) -> int:
 
     load = {"start": list(os.getloadavg())}
     bench = Bench(args)
+    executors: list[Any] = []
     try:
         print("starting the sandbox pool (1 worker) ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         single = LocalExecutor(workers=1)
+        executors.append(single)
         pool_info = dict(single.pool.info)
         startup = {"pool_1_worker": time.perf_counter() - started}
         info = machine_info(pool_info)
+        # Workers read RBI_SANDBOX_CGROUPS when they start; a second pool with it off runs in the
+        # same rounds, so the cost of per-run cgroups shows without a second benchmark run.
+        compare = args.cgroups_variant and bool(pool_info.get("cgroups"))
+        single_off = started_with_cgroups_off(lambda: LocalExecutor(workers=1), 1) if compare else None
+        executors += [single_off] if single_off else []
         print("single runs ...", file=sys.stderr, flush=True)
-        with single:
-            bench.run_single(single)
+        bench.run_single(single, single_off)
+        for executor in executors:
+            executor.close()
+        executors.clear()
         print("batch ...", file=sys.stderr, flush=True)
-        with LocalExecutor(workers=2) as batch:
-            bench.run_batch(batch)
+        batch = started_with_cgroups_on(lambda: LocalExecutor(workers=2), bench.prepared)
+        executors.append(batch)
+        batch_off = (started_with_cgroups_off(lambda: LocalExecutor(workers=2), 2, bench.prepared)
+                     if compare else None)
+        executors += [batch_off] if batch_off else []
+        bench.run_batch(batch, batch_off)
         load["end"] = list(os.getloadavg())
         results = build_results(bench, startup, info, load)
     finally:
+        for executor in executors:
+            executor.close()
         bench.close()
 
     markdown = render_markdown(results)

@@ -13,9 +13,15 @@ Configurations, measured round-robin so that machine drift hits them all alike:
 - sandbox+cgroups    the production path (namespaces, mounts, Landlock, seccomp, rlimits, cgroups)
 - sandbox-no-cgroups the same with per-run cgroups off (what RBI_SANDBOX_CGROUPS=0 does)
 - fork-only          `--unsafe-no-sandbox`: fork, rlimits and the runner, no isolation at all
-- plain-fork         a bare fork that calls Backtest.run() three times, no runner: run #1 is what
-                     every sandboxed child pays, runs #2 and #3 are the warm in-process cost
+- run twice          sandbox+cgroups with Backtest.run called twice in the child: #1 vs #2 shows
+                     what a fresh child pays that a warm process does not
+- plain fork         one bare fork that calls runner.execute three times, no jail: #1 is the cold
+                     child, #2 and #3 are the warm in-process cost of exactly the same code
 - noop-next          sandbox+cgroups with `next()` doing nothing: the fixed cost of one run
+
+Then, in this process after all forks: the CPU cost of the runner's output (stats, equity
+curve, trade list, JSON) with two cheaper variants, and the seccomp filter built per child
+versus built once before the fork.
 
 Every phase records wall time and the minor page faults it caused (`ru_minflt`), which is
 how copy-on-write shows up. Output: a table on stdout and `<out>/profile_sandbox.json`.
@@ -250,6 +256,168 @@ def plain_fork(request: dict[str, Any], frame: Any, *, iterations: int = 3) -> d
     return data
 
 
+def equity_curve_vectorised(stats: Any, max_points: int = 2000) -> list[list[Any]]:
+    """What `rbi.stats.equity_curve` returns, with numpy doing the per-point work.
+
+    A sketch of the suggested change, kept here to measure it and to check that
+    the output is identical; not a replacement for the real function's edge cases.
+    """
+    import numpy as np
+
+    from rbi import stats as stats_module
+
+    curve = stats["_equity_curve"]
+    equity = curve["Equity"].to_numpy(dtype=float)
+    drawdown = curve["DrawdownPct"].to_numpy(dtype=float)
+    extremes = [int(f(series)) for series in (drawdown, equity) for f in (np.nanargmax, np.nanargmin)]
+    positions = stats_module._downsample_positions(len(curve), max_points, extremes)
+    times = [stamp.isoformat() for stamp in curve.index[positions]]
+
+    def floats(values: Any) -> list[float | None]:
+        return [v + 0.0 if np.isfinite(v) else None for v in values.tolist()]
+
+    return [list(row) for row in zip(times, floats(equity[positions]), floats(-drawdown[positions] * 100),
+                                     strict=True)]
+
+
+def output_costs(frame: Any, strategy: type, repeat: int) -> dict[str, dict[str, float]]:
+    """CPU ms of the runner's output steps in a warm process, and of two cheaper variants."""
+    import warnings
+
+    from backtesting import Backtest
+
+    from rbi import runner
+    from rbi import stats as stats_module
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = Backtest(frame, strategy, **runner.DEFAULT_BACKTEST).run()
+    report = {"mode": "class", "error": None, "stats": stats_module.stats_to_dict(result),
+              "params": stats_module.json_safe(stats_module.strategy_params(result)),
+              "equity_curve": stats_module.equity_curve(result),
+              "trades": stats_module.trades_summary(result), "execution_time": 1.0, "warnings": []}
+    lean = {k: v for k, v in report.items() if k not in ("equity_curve", "trades")}
+    fast = json.dumps(report, allow_nan=False, separators=(",", ":")).encode()
+    steps: dict[str, Callable[[], Any]] = {
+        "Backtest(...).run() itself, for scale": lambda: Backtest(frame, strategy,
+                                                                 **runner.DEFAULT_BACKTEST).run(),
+        "stats.stats_to_dict": lambda: stats_module.stats_to_dict(result),
+        "stats.equity_curve (2000 points)": lambda: stats_module.equity_curve(result),
+        "stats.trades_summary (all trades)": lambda: stats_module.trades_summary(result),
+        "runner.encode_report (json_safe walk + dumps)": lambda: runner.encode_report(report),
+        "variant: json.dumps(report) without the json_safe walk": lambda: json.dumps(
+            report, allow_nan=False, separators=(",", ":")).encode(),
+        "variant: equity curve with numpy per-point work": lambda: equity_curve_vectorised(result),
+        "variant: encode_report with include_series=False": lambda: runner.encode_report(lean),
+    }
+    costs: dict[str, dict[str, float]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label, step in steps.items():
+            values = []
+            for _ in range(repeat):
+                start = time.process_time()
+                step()
+                values.append((time.process_time() - start) * 1000)
+            costs[label] = {"median_cpu_ms": statistics.median(values), "min_cpu_ms": min(values)}
+    costs["check: identical output"] = {
+        "json.dumps == encode_report": float(fast == runner.encode_report(report)),
+        "vectorised == equity_curve": float(equity_curve_vectorised(result) == report["equity_curve"]),
+    }
+    return costs
+
+
+def seccomp_costs(repeat: int) -> dict[str, dict[str, float]]:
+    """In a fresh fork (as P is): build and load the filter, or only load one built before the fork."""
+    from rbi.sandbox import seccomp_filter
+
+    prebuilt = seccomp_filter.build_filter()
+
+    def in_child(prebuild: bool) -> dict[str, float]:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_fd)
+                t0 = time.monotonic()
+                flt = prebuilt if prebuild else seccomp_filter.build_filter()
+                t1 = time.monotonic()
+                flt.load()
+                t2 = time.monotonic()
+                os.write(write_fd, json.dumps({"build": t1 - t0, "load": t2 - t1}).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        data: dict[str, float] = json.loads(os.read(read_fd, 4096))
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+        return data
+
+    results: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        for prebuild in (False, True):
+            data = in_child(prebuild)
+            name = "built before fork" if prebuild else "built in the child (today)"
+            results.setdefault(f"{name}: build ms", []).append(data["build"] * 1000)
+            results.setdefault(f"{name}: load ms", []).append(data["load"] * 1000)
+    return {label: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)}
+            for label, v in results.items()}
+
+
+def _busy_loop(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def contention_test(prepared: Any, rounds: int, runs: int = 4) -> dict[str, dict[str, float]]:
+    """Two workers under CPU contention, with per-run cgroups on and off.
+
+    Starts one busy loop per CPU (plain processes in this process's cgroups), then times
+    `execute_many` of `runs` runs on two workers, alternating the two pools. With cgroups on,
+    every run's cpu cgroup sits under one `rbi` group, which competes as one task.
+    """
+    import multiprocessing
+
+    from rbi.engine import LocalExecutor
+
+    pools: dict[str, Any] = {}
+    for label, value in (("cgroups on", None), ("cgroups off", "0")):
+        previous = os.environ.pop("RBI_SANDBOX_CGROUPS", None)
+        if value is not None:
+            os.environ["RBI_SANDBOX_CGROUPS"] = value
+        try:
+            executor = LocalExecutor(workers=2)
+            list(executor.execute_many([prepared, prepared]))  # both workers up
+        finally:
+            os.environ.pop("RBI_SANDBOX_CGROUPS", None)
+            if previous is not None:
+                os.environ["RBI_SANDBOX_CGROUPS"] = previous
+        pools[label] = executor
+    durations: dict[str, list[float]] = {label: [] for label in pools}
+    budget = 30.0 * rounds * len(pools) * runs / 2
+    context = multiprocessing.get_context("fork")
+    hogs = [context.Process(target=_busy_loop, args=(budget,), daemon=True) for _ in range(os.cpu_count() or 1)]
+    for hog in hogs:
+        hog.start()
+    try:
+        for _ in range(rounds):
+            for label, executor in pools.items():
+                start = time.monotonic()
+                outcomes = list(executor.execute_many([prepared] * runs))
+                durations[label].append(time.monotonic() - start)
+                if any(o.error for o in outcomes):
+                    raise RuntimeError(f"a run failed under contention: {outcomes}")
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
+        for executor in pools.values():
+            executor.close()
+    return {label: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
+                    "runs_per_s": runs / statistics.median(v)} for label, v in durations.items()}
+
+
 def summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     labels: list[str] = []
     for sample in samples:
@@ -287,6 +455,9 @@ def print_table(name: str, table: dict[str, dict[str, float]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per configuration (default 7)")
+    parser.add_argument("--contention", type=int, default=0, metavar="ROUNDS",
+                        help="also time 2 workers against one busy loop per CPU, cgroups on vs off "
+                             "(loads the machine; default 0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
@@ -294,20 +465,17 @@ def main(argv: list[str] | None = None) -> int:
     for var in THREAD_VARS:
         os.environ[var] = "1"
     os.environ.setdefault("RBI_HOME", str(ROOT / ".rbi"))
-    if os.geteuid() != 0 and not os.environ.get("RBI_PROFILE_ALLOW_NONROOT"):
-        print("note: not root; the sandbox uses a user namespace, which this profile also covers")
-
     from rbi.engine import prepare
     from rbi.sandbox import cgroups, filesystem, worker
-
-    # The real worker's fd 3 is taken (see the README's findings): run_one dup2()s the result pipe
-    # onto fd 3 and then closes its pipe fds, so a pipe that landed on fd 3 would close the channel.
-    with contextlib.suppress(OSError):
-        os.fstat(3)
-        fd3_taken = True
-    if not locals().get("fd3_taken"):
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 3)
     from rbi.spec import StrategySpec
+
+    # In the real worker fd 3 is taken (main() leaves the /dev/null it opened there). run_one dup2()s
+    # the result pipe onto fd 3 and then closes its own pipe fds, so a pipe that had landed on fd 3
+    # would close the result channel. Take fd 3 here too, as the worker does.
+    try:
+        os.fstat(3)
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 3)
 
     code = STRATEGY_FILE.read_text(encoding="utf-8")
     runs = {
@@ -345,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          use_cgroups=cgroups_ok, baseline_vm=baseline_vm),
     }
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
-    for name, action in configs.items():  # one untimed round: first-call costs in the worker itself
+    for action in configs.values():  # one untimed round: first-call costs in the worker itself
         action()
     for round_number in range(args.repeat):
         for name, action in configs.items():
@@ -356,6 +524,28 @@ def main(argv: list[str] | None = None) -> int:
     for name, table in tables.items():
         print_table(name, table)
 
+    # After every fork, so that nothing below changes what the children inherited.
+    sys.path.insert(0, str(STRATEGY_FILE.parent))
+    from sma_cross import SmaCross  # type: ignore[import-not-found]
+
+    costs = output_costs(frame, SmaCross, max(3, args.repeat))
+    print("\n== runner output, warm, in this process (CPU ms)")
+    for label, row in costs.items():
+        print(f"{label:<58} " + "  ".join(f"{k}={v:.1f}" for k, v in row.items()))
+    seccomp = seccomp_costs(max(3, args.repeat))
+    print("\n== seccomp filter in a fresh fork (ms)")
+    for label, row in seccomp.items():
+        print(f"{label:<58} median={row['median_ms']:.2f}  min={row['min_ms']:.2f}  max={row['max_ms']:.2f}")
+    contention = contention_test(runs["sma"], args.contention) if args.contention else {}
+    if contention:
+        print(f"\n== 2 workers x 4 runs against {os.cpu_count()} busy loops (s per batch)")
+        for label, row in contention.items():
+            print(f"{label:<20} " + "  ".join(f"{k}={v:.2f}" for k, v in row.items()))
+    cpu_shares = {}
+    for path in ("/sys/fs/cgroup/cpu/rbi/cpu.shares", "/sys/fs/cgroup/cpu.weight"):
+        with contextlib.suppress(OSError):
+            cpu_shares[path] = Path(path).read_text().strip()
+
     args.out.mkdir(parents=True, exist_ok=True)
     import backtesting
     import pandas
@@ -364,9 +554,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
         "backtesting": backtesting.__version__, "pandas": pandas.__version__, "cgroups": cgroups_ok,
         "euid": os.geteuid(), "preload_s": preload_s, "repeat": args.repeat,
-        "loadavg_end": os.getloadavg(),
+        "loadavg_end": os.getloadavg(), "worker_vm_bytes": baseline_vm, "cpu_group_weight": cpu_shares,
     }
     (args.out / "profile_sandbox.json").write_text(json.dumps({"machine": info, "tables": tables,
+                                                               "output_costs": costs, "seccomp": seccomp,
+                                                               "contention": contention,
                                                                "samples": samples}, indent=1))
     print(f"\nwrote {args.out / 'profile_sandbox.json'}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -159,12 +160,16 @@ class LocalExecutor:
         self.workers = max(1, workers)
         self.unsafe = unsafe
         self._pool: WorkerPool | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def pool(self) -> WorkerPool:
-        if self._pool is None:
-            self._pool = WorkerPool(self.workers, unsafe=self.unsafe)
-        return self._pool
+        # execute_many calls this from several threads at once; without the lock each could
+        # start a pool of its own, and all but the last would leak their worker processes.
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = WorkerPool(self.workers, unsafe=self.unsafe)
+            return self._pool
 
     def execute(self, run: PreparedRun) -> RunOutcome:
         report = self.pool.submit(run.request(), timeout=run.limits.timeout_seconds)

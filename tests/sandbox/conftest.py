@@ -16,7 +16,10 @@ import pytest
 
 from rbi.engine import LocalExecutor
 
-from .hostile import Ran, make_run
+from .hostile import Ran, make_run, our_worker_pids
+
+# The worker processes of the shared executor, as started; the last test checks they all survived.
+STARTED_WORKERS: set[int] = set()
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +29,17 @@ def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def executor() -> Iterator[LocalExecutor]:
+def executor(dataset_cache: Path) -> Iterator[LocalExecutor]:
     """One warm pool for the whole suite: the last test checks that it survived everything.
 
     No skip when the sandbox is unavailable: a sandbox that cannot start must fail loudly here.
     """
     with LocalExecutor(workers=2) as ex:
+        # Start both workers now (the second one spawns only while the first is busy), so no
+        # test's timing includes a worker start-up.
+        list(ex.execute_many([make_run("import time\ntime.sleep(1)", cache=dataset_cache),
+                              make_run("pass", cache=dataset_cache)]))
+        STARTED_WORKERS.update(our_worker_pids())
         yield ex
 
 

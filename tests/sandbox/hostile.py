@@ -52,7 +52,7 @@ class Ran:
 
 def make_run(code: str, *, cache: Path, mode: str = "script", static_checks: bool = False,
              **limits: object) -> PreparedRun:
-    spec = StrategySpec(name="hostile", code=textwrap.dedent(code), mode=mode,
+    spec = StrategySpec(name="hostile", code=textwrap.dedent(code), mode=mode, source="python",
                         limits=replace(LIMITS, **limits))  # type: ignore[arg-type]
     return prepare(spec, static_checks=static_checks, cache_dir=cache)
 
@@ -60,32 +60,80 @@ def make_run(code: str, *, cache: Path, mode: str = "script", static_checks: boo
 # --------------------------------------------------------------------------- host observations
 
 
-def sandbox_uid_processes() -> dict[int, str]:
-    """Host processes whose real uid is the sandbox uid: pid -> 'state name'."""
-    found: dict[int, str] = {}
+@dataclass(frozen=True, slots=True)
+class HostProcess:
+    pid: int
+    ppid: int
+    uid: int
+    description: str
+
+
+def host_processes() -> dict[int, HostProcess]:
+    """Every process on the host, as root sees it."""
+    found: dict[int, HostProcess] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/status") as handle:
                 fields = dict(line.split(":", 1) for line in handle if ":" in line)
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue  # exited while we looked
         uid = fields.get("Uid", "").split()
-        if uid and int(uid[0]) == SANDBOX_UID:
-            found[int(entry)] = f"{fields.get('State', '?').strip()} {fields.get('Name', '?').strip()}"
+        description = " ".join(f"{key}={fields.get(key, '?').strip()}" for key in ("State", "Name", "NSpid"))
+        found[int(entry)] = HostProcess(
+            pid=int(entry), ppid=int(fields.get("PPid", "0").strip() or 0), uid=int(uid[0]) if uid else -1,
+            description=f"{description} cmdline={cmdline[:80]!r}",
+        )
     return found
 
 
-def host_process_count() -> int:
-    return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+def sandbox_uid_processes() -> dict[int, str]:
+    """Host processes whose real uid is the sandbox uid: pid -> a description for messages."""
+    return {p.pid: p.description for p in host_processes().values() if p.uid == SANDBOX_UID}
 
 
-def leftover_sandbox_processes(before: dict[int, str], *, wait: float = 5.0) -> dict[int, str]:
-    """Sandbox-uid processes that appeared since `before` and are still there after `wait` seconds."""
+def our_worker_pids(table: dict[int, HostProcess] | None = None) -> set[int]:
+    """The warm workers this test process started (other test runs on the machine have their own)."""
+    table = table if table is not None else host_processes()
+    return {p.pid for p in table.values() if p.ppid == os.getpid() and "rbi.sandbox.worker" in p.description}
+
+
+def _below(pid: int, ancestors: set[int], table: dict[int, HostProcess]) -> bool:
+    for _ in range(64):
+        process = table.get(pid)
+        if process is None or process.ppid in (0, pid):
+            return False
+        if process.ppid in ancestors:
+            return True
+        pid = process.ppid
+    return False
+
+
+def leftover_sandbox_processes(before: dict[int, str], *, wait: float = 0.0) -> dict[int, str]:
+    """Processes a finished run left behind, still there after `wait` seconds.
+
+    That is anything below one of *our* workers (a worker has no child between
+    runs), and any process of the sandbox uid orphaned to the host's init, not
+    counting what was there in `before`. Runs of another test session on the
+    same machine are below their own workers and are not counted.
+
+    The default is strict: when execute() returns, every process of the run must
+    be gone *and reaped*. A zombie left for the host's init to reap counts against
+    the process limit of the sandbox uid, and stays forever where PID 1 does not
+    reap (a container running Python as PID 1).
+    """
     deadline = time.monotonic() + wait
     while True:
-        extra = {pid: what for pid, what in sandbox_uid_processes().items() if pid not in before}
+        table = host_processes()
+        workers = our_worker_pids(table)
+
+        extra = {
+            p.pid: p.description for p in table.values()
+            if p.pid not in before
+            and (_below(p.pid, workers, table) or (p.uid == SANDBOX_UID and p.ppid == 1))
+        }
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.1)
@@ -102,3 +150,57 @@ def assert_ran_to_the_end(ran: Ran) -> None:
     assert "PROBES-DONE" in ran.stdout, ran.describe()
     assert_failed_as(ran, FailureClass.RUNTIME_ERROR)
     assert ran.outcome.error is not None and ran.outcome.error.detail == "no_backtest", ran.describe()
+
+
+# A script-mode optimisation on synthetic bars: it forks a process pool and puts the data in POSIX
+# shared memory (/dev/shm), so it needs both of what a hostile neighbour or a too-tight jail takes.
+OPTIMIZE_SCRIPT = """
+import numpy as np
+import pandas as pd
+import talib
+from backtesting import Backtest, Strategy
+from backtesting.lib import crossover
+
+index = pd.date_range("2023-01-01", periods=2000, freq="15min")
+close = 100 + np.cumsum(np.sin(np.arange(2000) / 7.0))
+frame = pd.DataFrame({"Open": close, "High": close + 1, "Low": close - 1, "Close": close,
+                      "Volume": 1.0}, index=index)
+
+class Cross(Strategy):
+    fast = 5
+    slow = 20
+
+    def init(self):
+        self.a = self.I(talib.SMA, self.data.Close, self.fast)
+        self.b = self.I(talib.SMA, self.data.Close, self.slow)
+
+    def next(self):
+        if crossover(self.a, self.b):
+            self.buy(size=0.5)
+        elif crossover(self.b, self.a):
+            self.position.close()
+
+stats = Backtest(frame, Cross, cash=100_000).optimize(fast=[5, 10], slow=[20, 30])
+print(stats)
+"""
+
+SMA_CLASS_STRATEGY = """
+import talib
+from backtesting import Strategy
+from backtesting.lib import crossover
+
+
+class SmaCross(Strategy):
+    fast = 10
+    slow = 30
+
+    def init(self):
+        self.sma_fast = self.I(talib.SMA, self.data.Close, self.fast)
+        self.sma_slow = self.I(talib.SMA, self.data.Close, self.slow)
+
+    def next(self):
+        if crossover(self.sma_fast, self.sma_slow):
+            self.buy(size=0.5)
+        elif crossover(self.sma_slow, self.sma_fast):
+            self.position.close()
+"""

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from rbi.outcome import FailureClass
+from rbi.engine import LocalExecutor
+from rbi.outcome import FailureClass, Status
 
 from .hostile import (
+    OPTIMIZE_SCRIPT,
     STRATEGY_CLASSES,
     Ran,
     assert_failed_as,
     assert_ran_to_the_end,
-    host_process_count,
     leftover_sandbox_processes,
+    make_run,
+    our_worker_pids,
     sandbox_uid_processes,
 )
 
@@ -54,18 +60,43 @@ def test_process_and_thread_bombs_are_contained(run_code: RunCode, code: str) ->
     """Threat: a fork or thread bomb that exhausts the host's process table and CPUs.
 
     The pids cgroup and RLIMIT_NPROC cap the bomb; the wall-clock kill of the PID
-    namespace's init takes every copy down with it. Afterwards no process of the
-    sandbox uid may remain and the host's process count must be back to normal.
+    namespace's init takes every copy down with it. When execute() returns, no
+    process of the run may remain on the host, not even a zombie.
     """
     before = sandbox_uid_processes()
-    count_before = host_process_count()
     ran = run_code(code, timeout_seconds=3)
     assert ran.kind in STRATEGY_CLASSES, ran.describe()
     assert_failed_as(ran, {FailureClass.TIMEOUT, FailureClass.RUNTIME_ERROR})
     assert ran.wall < 3 + MARGIN, ran.describe()
     assert leftover_sandbox_processes(before) == {}
-    # Other host activity may start a process or two meanwhile; a surviving bomb is dozens.
-    assert host_process_count() <= count_before + 5
+
+
+def test_fork_bomb_does_not_starve_a_concurrent_run(executor: LocalExecutor, dataset_cache: Path) -> None:
+    """Threat: a fork bomb in one run exhausting the process budget of every other run.
+
+    All runs share the host uid 65534, so a process limit counted per host user
+    would let one run's bomb make a concurrent, innocent optimisation fail to
+    start its pool ("can't start new thread"), and blame that run for it. The
+    limits must be per run.
+    """
+    # Both workers are warm (the fixture starts them): a worker spawned on demand would take
+    # longer to start than the bomb lives.
+    assert len(our_worker_pids()) == 2
+    bomb = make_run(FORK_BOMB, cache=dataset_cache, timeout_seconds=5)
+    # The innocent run forks its pool a second in, when the bomb has reached its limit. It prints
+    # when (CLOCK_MONOTONIC is shared with the host), to prove that the two really overlapped.
+    innocent = make_run("import time\ntime.sleep(1.0)\nprint('OPTIMIZE-AT', time.monotonic())\n"
+                        + OPTIMIZE_SCRIPT, cache=dataset_cache, timeout_seconds=30)
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        bomb_start = time.monotonic()
+        bomb_future = threads.submit(executor.execute, bomb)
+        time.sleep(0.3)
+        innocent_outcome = threads.submit(executor.execute, innocent).result()
+        bomb_outcome = bomb_future.result()
+    assert bomb_outcome.error is not None and bomb_outcome.error.type is FailureClass.TIMEOUT, bomb_outcome
+    assert innocent_outcome.status is Status.SUCCEEDED, (innocent_outcome.error, innocent_outcome.stderr_tail)
+    optimize_at = float(innocent_outcome.stdout_tail.split("OPTIMIZE-AT ")[1].split()[0])
+    assert bomb_start + 1.0 < optimize_at < bomb_start + 4.5, "the runs did not overlap; the test proves nothing"
 
 
 @pytest.mark.parametrize(

@@ -88,20 +88,33 @@ def enter_namespaces() -> None:
         _map_ids(0, uid, 0, gid)
 
 
-def _set_rlimits(limits: SandboxLimits) -> None:
+def _set_rlimits(limits: SandboxLimits, *, processes: bool = True) -> None:
     cpu_seconds = int(limits.timeout_seconds * max(limits.cpus, 1.0)) + 2
     settings = {
         resource.RLIMIT_AS: limits.memory_bytes,
         resource.RLIMIT_CPU: cpu_seconds,
         resource.RLIMIT_FSIZE: limits.disk_bytes,
         resource.RLIMIT_NOFILE: limits.max_open_files,
-        resource.RLIMIT_NPROC: limits.max_processes,
         resource.RLIMIT_CORE: 0,
         resource.RLIMIT_MEMLOCK: 0,
         resource.RLIMIT_MSGQUEUE: 0,
     }
+    if processes:
+        settings[resource.RLIMIT_NPROC] = limits.max_processes
     for which, value in settings.items():
         resource.setrlimit(which, (value, value))
+
+
+def _limit_processes(limits: SandboxLimits) -> None:
+    """RLIMIT_NPROC, set only once P is inside its own user namespace.
+
+    The kernel counts processes per user *per user namespace level*, and a new user
+    namespace caps its creator's uid at the RLIMIT_NPROC in force when it was created.
+    Set before the unshare, the cap would apply to the host uid 65534 shared by every
+    concurrent run, so one run's fork bomb would make the others fail to start threads.
+    Set after it, it counts only this run's processes.
+    """
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
 
 
 def _drop_to_sandbox_user() -> None:
@@ -150,8 +163,9 @@ def enter_jail(config: JailConfig) -> None:
     linux.sethostname(HOSTNAME)
     _close_other_fds({0, 1, 2, RESULT_FD})
     os.chdir(filesystem.SCRATCH_DIR)
-    _set_rlimits(config.limits)
+    _set_rlimits(config.limits, processes=False)
     _drop_to_sandbox_user()
+    _limit_processes(config.limits)
     landlock.restrict_self(_landlock_rules())
     seccomp_filter.load_filter()
     os.environ.clear()

@@ -119,6 +119,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._closed = False
         self._started = 0
+        self._spawning = 0
         self.info: dict[str, Any] = {}
         self._counter = 0
         self.unsafe = unsafe
@@ -141,9 +142,17 @@ class WorkerPool:
 
     def _acquire(self) -> Worker:
         with self._lock:
-            spawn = self._idle.empty() and self._started < self.size
+            # Count start-ups in flight too: two callers that both find no idle worker must not
+            # both start one when only one more fits (a start takes seconds).
+            spawn = self._idle.empty() and self._started + self._spawning < self.size
+            if spawn:
+                self._spawning += 1
         if spawn:
-            return self._spawn()
+            try:
+                return self._spawn()
+            finally:
+                with self._lock:
+                    self._spawning -= 1
         return self._idle.get()
 
     def submit(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from rbi.sandbox.limits import SandboxLimits
 MAX_RESULT_BYTES = 16 * 2**20
 _HIGH_FD = 20
 _CHUNK = 65536
-_REAP_GRACE_SECONDS = 2.0
+_REAP_GRACE_SECONDS = 10.0
 
 
 def _preload() -> None:

@@ -11,7 +11,7 @@ export RBI_HOME ?= $(CURDIR)/.rbi
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
-	$(UV) sync --frozen --extra dev --python 3.11
+	$(UV) sync --frozen --extra dev --python 3.11 --compile-bytecode
 	touch $@
 
 setup: $(BIN)/.installed

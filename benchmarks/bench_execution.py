@@ -495,7 +495,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "| | " + " | ".join(results["sandbox_split_ms"]) + " |",
         "|---|" + "---:|" * len(results["sandbox_split_ms"]),
     ]
-    parts = next(iter(results["sandbox_split_ms"].values()), {})
+    parts: dict[str, Any] = next(iter(results["sandbox_split_ms"].values()), {})
     for part in parts:
         cells = [f"{results['sandbox_split_ms'][k][part]['median']:.0f}" for k in results["sandbox_split_ms"]]
         lines.append(f"| {part} | " + " | ".join(cells) + " |")

@@ -128,7 +128,7 @@ def instrument() -> None:
             PHASES.append((f"runner: Backtest.run #{number}", start, time.monotonic(), _minflt() - faults))
         return result
 
-    backtesting.Backtest.run = run  # type: ignore[method-assign]
+    backtesting.Backtest.run = run
 
     original_body = worker._child_body
 
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # After every fork, so that nothing below changes what the children inherited.
     sys.path.insert(0, str(STRATEGY_FILE.parent))
-    from sma_cross import SmaCross  # type: ignore[import-not-found]
+    from sma_cross import SmaCross
 
     costs = output_costs(frame, SmaCross, max(3, args.repeat))
     print("\n== runner output, warm, in this process (CPU ms)")

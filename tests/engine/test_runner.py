@@ -58,13 +58,12 @@ def test_class_mode_runs_and_sets_params(tmp_path: Path, frame: Any) -> None:
     json.loads(runner.encode_report(default))
 
 
-def test_script_mode_reads_are_served_from_the_dataset(tmp_path: Path) -> None:
-    from tests.conftest import SHARED_DATA
+def test_script_mode_reads_are_served_from_the_dataset(tmp_path: Path, bundled_data: Path) -> None:
+    from rbi.prepare.data import materialize_csv
 
-    if not SHARED_DATA.exists():
-        pytest.skip("shared data not present")
+    raw_csv = materialize_csv(bundled_data, tmp_path / "cache")
     code = (Path(__file__).resolve().parents[2] / "examples" / "strategies" / "rsi_script.py").read_text()
-    report = _run(tmp_path, code, mode="script", raw_data_path=str(SHARED_DATA))
+    report = _run(tmp_path, code, mode="script", raw_data_path=str(raw_csv))
     assert report["error"] is None
     assert report["redirected_reads"] == ["/Users/moondev/Documents/src/data/rbi/BTC-USD-15m.csv"]
     assert report["stats"]["num_trades"] > 0

@@ -37,8 +37,11 @@ def executor(dataset_cache: Path) -> Iterator[LocalExecutor]:
     with LocalExecutor(workers=2) as ex:
         # Start both workers now (the second one spawns only while the first is busy), so no
         # test's timing includes a worker start-up.
-        list(ex.execute_many([make_run("import time\ntime.sleep(1)", cache=dataset_cache),
-                              make_run("pass", cache=dataset_cache)]))
+        nap = make_run("import time\ntime.sleep(1)", cache=dataset_cache)
+        for _ in range(3):
+            list(ex.execute_many([nap, nap]))
+            if len(our_worker_pids()) == ex.workers:
+                break
         STARTED_WORKERS.update(our_worker_pids())
         yield ex
 

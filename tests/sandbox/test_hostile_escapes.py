@@ -440,7 +440,7 @@ probe("rbi-package", lambda: write({package_target!r}))
 probe("mkdir-usr", lambda: os.mkdir("/usr/{token}"))
 probe("chmod-strategy", lambda: os.chmod("/sandbox/strategy.py", 0o777))
 probe("proc-sys-hostname", lambda: write("/proc/sys/kernel/hostname"))
-probe("proc-sysrq", lambda: write("/proc/sysrq-trigger"))
+probe("proc-drop-caches", lambda: write("/proc/sys/vm/drop_caches"))
 probe("dev-null-replace", lambda: os.unlink("/dev/null"))
 print("SCRATCH-WRITE", write("/tmp/fine.txt"))
 """))
@@ -449,7 +449,7 @@ print("SCRATCH-WRITE", write("/tmp/fine.txt"))
     assert_all_denied(ran, {
         "overwrite-strategy", "new-file-in-sandbox", "overwrite-dataset", "rename-dataset", "unlink-dataset",
         "new-file-in-root", "etc-passwd", "usr-lib", "venv", "pyenv", "rbi-package", "mkdir-usr",
-        "chmod-strategy", "proc-sys-hostname", "proc-sysrq", "dev-null-replace",
+        "chmod-strategy", "proc-sys-hostname", "proc-drop-caches", "dev-null-replace",
     })
     # Refused by the filesystem itself (read-only mount, permissions, Landlock), not by accident.
     refusals = {errno.EROFS, errno.EACCES, errno.EPERM}

@@ -193,8 +193,10 @@ def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, use_
             os.dup2(high["res"], jail.RESULT_FD)
             for fd in (out_r, out_w, err_r, err_w, res_r, res_w, ctl_r, ctl_w, go_r, go_w, devnull,
                        high["out"], high["err"], high["res"]):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                # 0-3 now hold the run's streams; an original pipe fd that was one of them is already replaced.
+                if fd > jail.RESULT_FD:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             if request.get("unsafe"):
                 jail.run_unprotected(config, lambda path: _child_body(request, frame, path), high["ctl"],
                                      high["go"])

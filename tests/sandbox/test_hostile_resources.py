@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from rbi.engine import LocalExecutor
-from rbi.outcome import FailureClass, Status
+from rbi.outcome import FailureClass, RunOutcome, Status
+from rbi.sandbox.jail import SANDBOX_UID
 
 from .hostile import (
     OPTIMIZE_SCRIPT,
@@ -26,6 +29,7 @@ from .hostile import (
     Ran,
     assert_failed_as,
     assert_ran_to_the_end,
+    host_processes,
     leftover_sandbox_processes,
     make_run,
     our_worker_pids,
@@ -248,3 +252,46 @@ def test_scratch_files_never_reach_the_host(run_code: RunCode) -> None:
     # The directory the sandbox mounts its root over stays empty on the host.
     for newroot in glob.glob("/tmp/.rbi-newroot*") + glob.glob("/tmp/rbi-newroot-*"):
         assert os.listdir(newroot) == [], newroot
+
+
+def test_run_dies_with_its_worker(dataset_cache: Path) -> None:
+    """Threat: a run that outlives its worker. The wall-clock timeout lives in the worker; when the
+    worker is killed (the pool kills a wedged one) or crashes, a strategy that sleeps or spins
+    must not run on unbounded, orphaned on the host.
+
+    Uses a dedicated executor, since it kills the worker. Only the worker itself is killed
+    (not its process group), which is the harder case: each sandbox process must notice its
+    parent's death on its own.
+    """
+    existing = our_worker_pids()
+    with LocalExecutor(workers=1) as ex:
+        ex.pool  # start the worker  # noqa: B018
+        (worker,) = our_worker_pids() - existing
+        outcome: list[RunOutcome] = []
+        thread = threading.Thread(target=lambda: outcome.append(ex.execute(
+            make_run("import time\nprint('started', flush=True)\ntime.sleep(10**6)\n",
+                     cache=dataset_cache, timeout_seconds=120))))
+        thread.start()
+        deadline = time.monotonic() + 20
+        run_processes: set[int] = set()
+        while time.monotonic() < deadline:
+            table = host_processes()
+            run_processes = {p.pid for p in table.values() if p.ppid == worker}  # S
+            run_processes |= {p.pid for p in table.values() if p.ppid in run_processes}  # P
+            if any(table[pid].uid == SANDBOX_UID for pid in run_processes):
+                break
+            time.sleep(0.1)
+        assert any(p.uid == SANDBOX_UID for pid, p in host_processes().items() if pid in run_processes)
+        os.kill(worker, signal.SIGKILL)
+        thread.join(30)
+        assert not thread.is_alive()
+    # The platform failed, not the strategy.
+    assert outcome[0].error is not None and outcome[0].error.type is FailureClass.SANDBOX_ERROR, outcome
+    deadline = time.monotonic() + 5
+    while True:
+        alive = {pid: p.description for pid, p in host_processes().items()
+                 if pid in run_processes and "State=Z" not in p.description}
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert alive == {}, "the sandboxed run survived the death of its worker"

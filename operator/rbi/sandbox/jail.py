@@ -165,6 +165,9 @@ def enter_jail(config: JailConfig) -> None:
     os.chdir(filesystem.SCRATCH_DIR)
     _set_rlimits(config.limits, processes=False)
     _drop_to_sandbox_user()
+    # Changing the uid cleared the parent-death signal armed above; without it again, P (and the
+    # whole namespace) would outlive a killed S and run on with no timeout at all.
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     _limit_processes(config.limits)
     landlock.restrict_self(_landlock_rules())
     seccomp_filter.load_filter()
@@ -190,6 +193,20 @@ def _setup_failed(exc: BaseException, code: int) -> None:
         os._exit(code)
 
 
+def _die_with_worker(go_fd: int) -> None:
+    """In S: die with the worker, then wait until it has put S in the run's cgroup (P inherits it).
+
+    The wall-clock timeout lives in the worker; a worker that is killed (or crashes) must take
+    S and, through P's own parent-death signal, the whole run with it. The go byte also closes
+    the race with a worker that died before the signal was armed: then it never comes.
+    """
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    go = os.read(go_fd, 1)
+    os.close(go_fd)
+    if go != b"g":
+        os._exit(122)
+
+
 def run_in_namespace(config: JailConfig, body: Callable[[], int], control_fd: int, go_fd: int) -> None:
     """The whole life of S. Never returns: P's wait status is reported on control_fd."""
 
@@ -205,9 +222,7 @@ def run_in_namespace(config: JailConfig, body: Callable[[], int], control_fd: in
             os._exit(status)
 
     try:
-        # Wait until the worker has put S in its cgroup, so that P inherits it.
-        os.read(go_fd, 1)
-        os.close(go_fd)
+        _die_with_worker(go_fd)
         enter_namespaces()
         _supervise(child, control_fd)
     except BaseException as exc:
@@ -244,8 +259,7 @@ def run_unprotected(config: JailConfig, body: Callable[[str], int], control_fd: 
             os._exit(status)
 
     try:
-        os.read(go_fd, 1)
-        os.close(go_fd)
+        _die_with_worker(go_fd)
         _supervise(child, control_fd)
     except BaseException as exc:
         _setup_failed(exc, 122)

@@ -51,7 +51,8 @@ class PreparedRun:
     params: dict[str, Any] = field(default_factory=dict)
     backtest: dict[str, Any] = field(default_factory=dict)
     strategy_class: str | None = None
-    include_series: bool = True
+    # The equity curve and trade list cost ~130 ms per run to serialise; only reports need them.
+    include_series: bool = False
 
     @property
     def code_hash(self) -> str:

@@ -93,6 +93,22 @@ class RunCgroup:
                     time.sleep(0.01)
 
 
+def _worker_group() -> str:
+    """One parent group per worker: CPU shares are split between sibling groups, so runs grouped
+    under one shared parent would together get the share of a single ordinary process."""
+    return f"worker-{os.getpid()}"
+
+
+_parents: set[Path] = set()
+
+
+def remove_worker_groups() -> None:
+    """Remove this worker's parent groups (empty once its runs are gone); called at worker exit."""
+    for directory in _parents:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
 def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
@@ -112,8 +128,9 @@ def _create_v1(name: str, *, memory_bytes: int, cpus: float, max_processes: int)
             base = _ROOT / controller
             if not base.is_dir():
                 continue
-            parent = base / _own_path(controller).lstrip("/") / "rbi"
-            parent.mkdir(exist_ok=True)
+            parent = base / _own_path(controller).lstrip("/") / "rbi" / _worker_group()
+            parent.mkdir(parents=True, exist_ok=True)
+            _parents.add(parent)
             directory = parent / name
             directory.mkdir()
             group.dirs[controller] = directory
@@ -136,10 +153,14 @@ def _create_v1(name: str, *, memory_bytes: int, cpus: float, max_processes: int)
 def _create_v2(name: str, *, memory_bytes: int, cpus: float, max_processes: int) -> RunCgroup | None:
     try:
         own = _own_path("")
-        parent = _ROOT / own.lstrip("/") / "rbi"
-        parent.mkdir(exist_ok=True)
-        with contextlib.suppress(OSError):
-            (parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
+        parent = _ROOT / own.lstrip("/") / "rbi" / _worker_group()
+        parent.mkdir(parents=True, exist_ok=True)
+        _parents.add(parent)
+        # Controllers must be enabled at every level down to the run; a level that refuses
+        # (the "no internal processes" rule) makes the writes below fail, and the run uses rlimits.
+        for level in (parent.parent.parent, parent.parent, parent):
+            with contextlib.suppress(OSError):
+                (level / "cgroup.subtree_control").write_text("+memory +pids +cpu")
         directory = parent / name
         directory.mkdir()
         group = RunCgroup(version=2, dirs={"memory": directory, "pids": directory})

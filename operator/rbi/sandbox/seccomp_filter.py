@@ -59,6 +59,16 @@ def build_filter() -> seccomp.SyscallFilter:
     return flt
 
 
+_prepared: seccomp.SyscallFilter | None = None
+
+
+def prepare_filter() -> None:
+    """Build the filter once in the warm worker, so each forked run only loads it."""
+    global _prepared
+    if _prepared is None:
+        _prepared = build_filter()
+
+
 def load_filter() -> None:
     """Install the filter on this process; children inherit it."""
-    build_filter().load()
+    (_prepared or build_filter()).load()

@@ -44,6 +44,9 @@ def _preload() -> None:
     with contextlib.suppress(ImportError):
         import pandas_ta  # type: ignore[import-not-found]  # noqa: F401
     _warm_up()
+    from rbi.sandbox import seccomp_filter
+
+    seccomp_filter.prepare_filter()
 
 
 def _warm_up() -> None:
@@ -353,6 +356,7 @@ def main() -> int:
         try:
             request = protocol.read_frame(proto_in)
         except EOFError:
+            cgroups.remove_worker_groups()
             return 0
         try:
             response = run_one(request, cache=cache, mountpoint=mountpoint, use_cgroups=use_cgroups,

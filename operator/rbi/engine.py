@@ -53,6 +53,7 @@ class PreparedRun:
     strategy_class: str | None = None
     # The equity curve and trade list cost ~130 ms per run to serialise; only reports need them.
     include_series: bool = False
+    data_range: tuple[int, int] | None = None
 
     @property
     def code_hash(self) -> str:
@@ -60,6 +61,9 @@ class PreparedRun:
 
     def with_params(self, params: dict[str, Any]) -> PreparedRun:
         return replace(self, params=params)
+
+    def on_rows(self, start: int, end: int, *, include_series: bool = False) -> PreparedRun:
+        return replace(self, data_range=(start, end), include_series=include_series)
 
     def request(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class PreparedRun:
                 "strategy_class": self.strategy_class,
                 "raw_data_path": f"{DATA_DIR}/{os.path.basename(self.raw_data_file)}",
                 "include_series": self.include_series,
+                "data_range": list(self.data_range) if self.data_range else None,
             },
         }
 

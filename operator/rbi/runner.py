@@ -55,6 +55,8 @@ class RunRequest:
     data_path: str | None = None  # the normalised dataset (class mode reads it when no frame is given)
     raw_data_path: str | None = None  # what script-mode reads are served from
     include_series: bool = True
+    # Rows [start, end) of the dataset (class mode): in-sample and out-of-sample windows.
+    data_range: tuple[int, int] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRequest:
@@ -303,6 +305,9 @@ def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
                 if not request.data_path:
                     raise FileNotFoundError("no dataset was given to the runner")
                 frame = _load_frame(request.data_path)
+            if request.data_range is not None:
+                start, end = request.data_range
+                frame = frame.iloc[int(start):int(end)]
             backtest = Backtest(frame, strategy, **_backtest_options(request.backtest))
             result_stats = backtest.run(**request.params)
             report["strategy_class"] = strategy.__name__

@@ -145,6 +145,55 @@ def show(name: str, as_json: bool, db: str | None) -> None:
         _die(str(exc), EXIT_USAGE)
 
 
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["grid", "random", "tpe", "cmaes", "nsga2"]))
+@click.option("--objective", "objectives", multiple=True, help="Statistic to maximise (prefix '-' to minimise).")
+@click.option("--max-trials", type=int)
+@click.option("--max-iterations", type=int)
+@click.option("--min-improvement", type=float)
+@click.option("--seed", type=int)
+@click.option("--data", type=click.Path(path_type=Path))
+@click.option("--workers", type=int, default=None, help="Parallel sandboxes (default: CPU count).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--db", envvar="RBI_DB_URL")
+@click.option("--unsafe-no-sandbox", is_flag=True)
+def optimize(path: Path, method: str | None, objectives: tuple[str, ...], max_trials: int | None,
+             max_iterations: int | None, min_improvement: float | None, seed: int | None, data: Path | None,
+             workers: int | None, as_json: bool, db: str | None, unsafe_no_sandbox: bool) -> None:
+    """Improve a strategy's parameters; promote only what holds out-of-sample."""
+    from rbi.cli.optimize_cmd import optimize_path
+
+    overrides = {"method": method, "objective": list(objectives) or None, "maxTrials": max_trials,
+                 "maxIterations": max_iterations, "minImprovement": min_improvement, "seed": seed}
+    try:
+        optimize_path(path, overrides=overrides, data=data, workers=workers, store=_store(db), as_json=as_json,
+                      unsafe=unsafe_no_sandbox, console=console, out=out)
+    except SpecError as exc:
+        _die(str(exc), EXIT_USAGE)
+    except StoreError as exc:
+        _die(f"results store: {exc}", EXIT_STORE)
+    except SandboxUnavailable as exc:
+        _die(str(exc), EXIT_SANDBOX)
+    except RbiError as exc:
+        _die(str(exc), EXIT_USAGE)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--db", envvar="RBI_DB_URL")
+def lineage(name: str, db: str | None) -> None:
+    """Print a strategy's version tree with each version's figures and deltas."""
+    from rbi.cli.optimize_cmd import lineage_tree
+
+    try:
+        out.print(lineage_tree(_store(db), name))
+    except StoreError as exc:
+        _die(f"results store: {exc}", EXIT_STORE)
+    except LookupError as exc:
+        _die(str(exc), EXIT_USAGE)
+
+
 @cli.group()
 def sandbox() -> None:
     """Inspect the local sandbox."""

@@ -1,0 +1,104 @@
+"""`rbi optimize`, `rbi lineage` and `rbi report`: the optimisation loop as a user drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from rbi.cli.render import fmt
+from rbi.engine import LocalExecutor, PreparationFailed, prepare
+from rbi.errors import SpecError
+from rbi.optimize.loop import OptimizationResult, Optimizer
+from rbi.optimize.loop import Progress as LoopProgress
+from rbi.optimize.settings import parse_settings
+from rbi.prepare.data import load_ohlcv
+from rbi.spec import load_spec
+
+FIGURES = ("return_pct", "sharpe_ratio", "max_drawdown_pct", "win_rate_pct", "num_trades", "profit_factor")
+
+
+def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, workers: int | None, store: Any,
+                  as_json: bool, unsafe: bool, console: Console, out: Console) -> OptimizationResult:
+    spec = load_spec(path)
+    settings = parse_settings(spec.optimization, overrides=overrides)
+    try:
+        prepared = prepare(spec, data_override=data.resolve() if data else None)
+    except PreparationFailed as failure:
+        assert failure.outcome.error is not None
+        raise SpecError(f"the strategy cannot run, so it cannot be optimised: {failure.outcome.error.type}: "
+                        f"{failure.outcome.error.message}") from None
+    if prepared.mode != "class":
+        raise SpecError("optimisation needs class mode (a Strategy subclass whose parameters the runner sets); "
+                        "this code is a whole script")
+    frame = load_ohlcv(prepared.data_file)
+    index_times = [t.isoformat() if hasattr(t, "isoformat") else str(t) for t in frame.index]
+    count = workers or os.cpu_count() or 1
+    with LocalExecutor(workers=count, unsafe=unsafe) as executor:
+        progress = Progress(TextColumn("[bold]iteration {task.fields[iteration]}"), BarColumn(),
+                            MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
+                            TextColumn("{task.fields[rate]} trials/s"), TimeElapsedColumn(),
+                            console=console, transient=as_json)
+        with progress:
+            task = progress.add_task("trials", total=settings.max_trials, iteration=1, best="—", rate="—")
+
+            def on_progress(update: LoopProgress) -> None:
+                progress.update(task, completed=update.trials_done, total=update.trials_planned,
+                                iteration=update.iteration, best=fmt(update.best_value),
+                                rate=f"{update.trials_per_second:.1f}")
+
+            optimizer = Optimizer(prepared, settings, executor=executor, store=store, n_rows=len(frame),
+                                  index_times=index_times, batch_size=count * 2, on_progress=on_progress)
+            result = optimizer.optimize()
+    if as_json:
+        out.print(json.dumps(result.to_json(), default=str), soft_wrap=True, highlight=False, markup=False)
+    else:
+        out.print(result_table(result))
+    return result
+
+
+def result_table(result: OptimizationResult) -> Table:
+    table = Table(title=f"{result.strategy_name}: optimising {result.objective} "
+                        f"({'max' if result.maximize else 'min'}) — {result.trials} trials, "
+                        f"{result.trials_per_second:.1f} trials/s")
+    for column in ("iteration", "trials", "best params", "in-sample", "out-of-sample", "Δ vs parent", "DSR",
+                   "look-ahead", "promoted", "reason"):
+        table.add_column(column)
+    for it in result.iterations:
+        look = it.guards.get("lookahead_suspected")
+        look_text = "—" if look is None else ("SUSPECTED" if look else "clean")
+        table.add_row(str(it.iteration), f"{it.feasible_trials}/{it.trials}", json.dumps(it.best_params),
+                      fmt(it.best_in_sample), fmt(it.out_of_sample),
+                      "—" if it.improvement is None else f"{it.improvement:+.1%}",
+                      fmt(it.guards.get("deflated_sharpe")), look_text,
+                      f"[green]v{it.child_version}[/]" if it.promoted else "[red]no[/]", it.reason)
+    table.caption = f"stopped: {result.stop_reason}. LLM refinement: {result.llm}."
+    return table
+
+
+def lineage_tree(store: Any, name: str) -> Tree:
+    versions = store.versions(name)
+    if not versions:
+        raise LookupError(f"no stored strategy named {name!r}; see `rbi results`")
+    edges = {e.child_version: e for e in store.lineage(name)}
+    nodes: dict[int, Tree] = {}
+    root = Tree(f"[bold]{name}[/]")
+    for v in versions:
+        run = v.latest_run
+        edge = edges.get(v.version)
+        label = f"v{v.version} [dim]{v.source}[/] {json.dumps(v.params)}"
+        if run is not None:
+            label += (f"  sharpe {fmt(run.sharpe_ratio)} · return {fmt(run.total_return)}%"
+                      f" · trades {fmt(run.num_trades)}")
+        if edge is not None:
+            delta = "—" if edge.performance_delta is None else f"{edge.performance_delta:+.1%}"
+            label += f"  [green]Δ {delta}[/] ({edge.optimization_type}: {edge.changes_made})"
+        parent = nodes.get(v.parent_version) if v.parent_version else None
+        nodes[v.version] = (parent or root).add(label)
+    return root

@@ -1,0 +1,127 @@
+"""Parameter search through Optuna: one study per optimisation, asked in batches.
+
+Batches let the trials of one ask run in parallel on the warm workers; the
+study then learns from all of them before the next batch is asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from rbi.optimize.settings import OptimizationSettings, Parameter
+
+_VIOLATIONS = "constraint_violations"
+
+
+def make_sampler(settings: OptimizationSettings) -> optuna.samplers.BaseSampler:
+    seed = settings.seed
+    if settings.method == "grid":
+        grid = {p.name: p.grid_values() for p in settings.space}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if settings.method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if settings.method == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if settings.method == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def suggest(trial: optuna.Trial, space: Sequence[Parameter], *, grid: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for p in space:
+        if grid or p.kind == "categorical":
+            params[p.name] = trial.suggest_categorical(p.name, p.grid_values() if grid else list(p.choices))
+        elif p.kind == "int":
+            assert p.low is not None and p.high is not None
+            step = 1 if p.log else int(p.step or 1)
+            params[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=step, log=p.log)
+        else:
+            assert p.low is not None and p.high is not None
+            params[p.name] = trial.suggest_float(p.name, p.low, p.high, step=None if p.log else p.step, log=p.log)
+    return params
+
+
+@dataclass(slots=True)
+class Asked:
+    trial: optuna.Trial
+    params: dict[str, Any]
+
+
+class ParameterSearch:
+    """A thin, typed wrapper over an Optuna study for one strategy."""
+
+    def __init__(self, settings: OptimizationSettings) -> None:
+        optuna.logging.set_verbosity(logging.WARNING)
+        self.settings = settings
+        self.study = optuna.create_study(
+            directions=[o.direction for o in settings.objectives], sampler=make_sampler(settings))
+        self._grid = settings.method == "grid"
+        self._seen: set[str] = set()
+
+    def enqueue(self, params: Mapping[str, Any]) -> None:
+        """Evaluate these parameters first (the parent's own), so the search starts from them."""
+        names = {p.name for p in self.settings.space}
+        self.study.enqueue_trial({k: v for k, v in params.items() if k in names}, skip_if_exists=True)
+
+    def exhausted(self) -> bool:
+        return self._grid and len(self._seen) >= self.settings.grid_size()
+
+    def ask(self, count: int) -> list[Asked]:
+        asked: list[Asked] = []
+        attempts = 0
+        while len(asked) < count and not self.exhausted() and attempts < count * 20:
+            attempts += 1
+            trial = self.study.ask()
+            params = suggest(trial, self.settings.space, grid=self._grid)
+            key = repr(sorted(params.items()))
+            if self._grid and key in self._seen:
+                # The grid sampler may hand out a point that is still running; never run one twice.
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            self._seen.add(key)
+            asked.append(Asked(trial, params))
+        return asked
+
+    def tell(self, asked: Asked, stats: Mapping[str, Any] | None) -> list[float] | None:
+        """Report a trial's statistics; None (a failed run, or an objective that is undefined) fails it."""
+        if stats is None:
+            self.study.tell(asked.trial, state=optuna.trial.TrialState.FAIL)
+            return None
+        values = [objective_value(stats, o.stat) for o in self.settings.objectives]
+        if any(v is None for v in values):
+            self.study.tell(asked.trial, state=optuna.trial.TrialState.FAIL)
+            return None
+        violations = [_violation(c.stat, c.op, c.value, stats) for c in self.settings.constraints]
+        asked.trial.set_user_attr(_VIOLATIONS, violations or [0.0])
+        for index, violation in enumerate(violations):
+            # Samplers that understand constraints (TPE, NSGA-II) steer away from infeasible regions.
+            asked.trial.set_constraint(f"constraint_{index}", violation)
+        clean = [float(v) for v in values if v is not None]
+        self.study.tell(asked.trial, clean)
+        return clean
+
+
+def objective_value(stats: Mapping[str, Any], stat: str) -> float | None:
+    value = stats.get(stat)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _violation(stat: str, op: str, bound: float, stats: Mapping[str, Any]) -> float:
+    """How far a constraint is from holding (<= 0 when it holds), in Optuna's convention."""
+    value = objective_value(stats, stat)
+    if value is None:
+        return 1e9
+    if op in (">=", ">"):
+        return bound - value if op == ">=" else bound - value + 1e-12
+    if op in ("<=", "<"):
+        return value - bound if op == "<=" else value - bound + 1e-12
+    return 0.0 if (value == bound) == (op == "==") else 1.0

@@ -144,7 +144,7 @@ def classify_report(report: dict[str, Any], *, mode: str | None = None) -> RunOu
     if isinstance(result.get("equity_curve"), list):
         base["equity_curve"] = result["equity_curve"][:5000]
     if isinstance(result.get("trades"), list):
-        base["trades"] = result["trades"][:5000]
+        base["trades"] = result["trades"][:200_000]
     result_error = _error_from_result(result.get("error"))
     if result_error is not None:
         return RunOutcome.failed(result_error, **base)

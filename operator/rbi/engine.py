@@ -54,6 +54,7 @@ class PreparedRun:
     # The equity curve and trade list cost ~130 ms per run to serialise; only reports need them.
     include_series: bool = False
     data_range: tuple[int, int] | None = None
+    max_trades: int = 2000
 
     @property
     def code_hash(self) -> str:
@@ -79,6 +80,7 @@ class PreparedRun:
                 "raw_data_path": f"{DATA_DIR}/{os.path.basename(self.raw_data_file)}",
                 "include_series": self.include_series,
                 "data_range": list(self.data_range) if self.data_range else None,
+                "max_trades": self.max_trades,
             },
         }
 

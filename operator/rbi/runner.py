@@ -57,6 +57,7 @@ class RunRequest:
     include_series: bool = True
     # Rows [start, end) of the dataset (class mode): in-sample and out-of-sample windows.
     data_range: tuple[int, int] | None = None
+    max_trades: int = 2000
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRequest:
@@ -316,7 +317,7 @@ def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
             report["params"] = stats_module.json_safe(stats_module.strategy_params(result_stats))
             if request.include_series:
                 report["equity_curve"] = stats_module.equity_curve(result_stats)
-                report["trades"] = stats_module.trades_summary(result_stats)
+                report["trades"] = stats_module.trades_summary(result_stats, max_trades=request.max_trades)
     except SystemExit as exc:
         # Scripts call sys.exit(); a zero or empty code is a normal end.
         if exc.code not in (None, 0):

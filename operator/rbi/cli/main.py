@@ -158,9 +158,11 @@ def show(name: str, as_json: bool, db: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--db", envvar="RBI_DB_URL")
 @click.option("--unsafe-no-sandbox", is_flag=True)
+@click.option("--report", type=click.Path(path_type=Path), help="Also write the HTML report here.")
 def optimize(path: Path, method: str | None, objectives: tuple[str, ...], max_trials: int | None,
              max_iterations: int | None, min_improvement: float | None, seed: int | None, data: Path | None,
-             workers: int | None, as_json: bool, db: str | None, unsafe_no_sandbox: bool) -> None:
+             workers: int | None, as_json: bool, db: str | None, unsafe_no_sandbox: bool,
+             report: Path | None) -> None:
     """Improve a strategy's parameters; promote only what holds out-of-sample."""
     from rbi.cli.optimize_cmd import optimize_path
 
@@ -168,7 +170,7 @@ def optimize(path: Path, method: str | None, objectives: tuple[str, ...], max_tr
                  "maxIterations": max_iterations, "minImprovement": min_improvement, "seed": seed}
     try:
         optimize_path(path, overrides=overrides, data=data, workers=workers, store=_store(db), as_json=as_json,
-                      unsafe=unsafe_no_sandbox, console=console, out=out)
+                      unsafe=unsafe_no_sandbox, console=console, out=out, report=report)
     except SpecError as exc:
         _die(str(exc), EXIT_USAGE)
     except StoreError as exc:
@@ -192,6 +194,34 @@ def lineage(name: str, db: str | None) -> None:
         _die(f"results store: {exc}", EXIT_STORE)
     except LookupError as exc:
         _die(str(exc), EXIT_USAGE)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), help="HTML file (default: NAME-report.html).")
+@click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="The strategy YAML (for its dataset).")
+@click.option("--data", type=click.Path(path_type=Path))
+@click.option("--db", envvar="RBI_DB_URL")
+@click.option("--unsafe-no-sandbox", is_flag=True)
+def report(name: str, out_file: Path | None, spec_path: Path | None, data: Path | None, db: str | None,
+           unsafe_no_sandbox: bool) -> None:
+    """Write one HTML file with the equity curves, drawdowns, trials, heatmap and lineage."""
+    from rbi.cli.optimize_cmd import report_for
+    from rbi.engine import PreparationFailed
+
+    try:
+        written = report_for(_store(db), name, path=spec_path, data=data,
+                             out_file=out_file or Path(f"{name}-report.html"), unsafe=unsafe_no_sandbox,
+                             console=console)
+    except StoreError as exc:
+        _die(f"results store: {exc}", EXIT_STORE)
+    except (LookupError, PreparationFailed) as exc:
+        _die(str(exc), EXIT_USAGE)
+    except SandboxUnavailable as exc:
+        _die(str(exc), EXIT_SANDBOX)
+    except RbiError as exc:
+        _die(str(exc), EXIT_USAGE)
+    out.print(f"report written to {written}")
 
 
 @cli.group()

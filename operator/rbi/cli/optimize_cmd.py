@@ -25,7 +25,8 @@ FIGURES = ("return_pct", "sharpe_ratio", "max_drawdown_pct", "win_rate_pct", "nu
 
 
 def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, workers: int | None, store: Any,
-                  as_json: bool, unsafe: bool, console: Console, out: Console) -> OptimizationResult:
+                  as_json: bool, unsafe: bool, console: Console, out: Console,
+                  report: Path | None = None) -> OptimizationResult:
     spec = load_spec(path)
     settings = parse_settings(spec.optimization, overrides=overrides)
     try:
@@ -54,8 +55,16 @@ def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, w
                                 rate=f"{update.trials_per_second:.1f}")
 
             optimizer = Optimizer(prepared, settings, executor=executor, store=store, n_rows=len(frame),
-                                  index_times=index_times, batch_size=count * 2, on_progress=on_progress)
+                                  index_times=index_times, batch_size=count * 2, on_progress=on_progress,
+                                  frame=frame)
             result = optimizer.optimize()
+        if report is not None and store is not None:
+            from rbi.optimize.reporting import build_report
+
+            with console.status("writing the report"):
+                written = build_report(store, prepared.name, run=prepared, executor=executor, out=report,
+                                       index_times=index_times)
+            console.print(f"report: {written}")
     if as_json:
         out.print(json.dumps(result.to_json(), default=str), soft_wrap=True, highlight=False, markup=False)
     else:
@@ -102,3 +111,20 @@ def lineage_tree(store: Any, name: str) -> Tree:
         parent = nodes.get(v.parent_version) if v.parent_version else None
         nodes[v.version] = (parent or root).add(label)
     return root
+
+
+def report_for(store: Any, name: str, *, path: Path | None, data: Path | None, out_file: Path, unsafe: bool,
+               console: Console) -> Path:
+    """`rbi report NAME`: rebuild the report of a stored strategy (its data from --data or the spec)."""
+    from rbi.optimize.reporting import build_report
+    from rbi.spec import StrategySpec
+
+    versions = store.versions(name)
+    if not versions:
+        raise LookupError(f"no stored strategy named {name!r}; see `rbi results`")
+    spec = load_spec(path) if path else StrategySpec(name=name, code=versions[0].code, mode="class")
+    prepared = prepare(spec, data_override=data.resolve() if data else None)
+    frame = load_ohlcv(prepared.data_file)
+    index_times = [t.isoformat() if hasattr(t, "isoformat") else str(t) for t in frame.index]
+    with LocalExecutor(workers=1, unsafe=unsafe) as executor, console.status("running the versions for the charts"):
+        return build_report(store, name, run=prepared, executor=executor, out=out_file, index_times=index_times)

@@ -13,10 +13,13 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from rbi.engine import LocalExecutor, PreparedRun
+import pandas as pd
+
+from rbi.engine import LocalExecutor, PreparedRun, rbi_home
 from rbi.optimize import guards, splits
 from rbi.optimize.search import Asked, ParameterSearch, objective_value
 from rbi.optimize.settings import OptimizationSettings
@@ -24,6 +27,8 @@ from rbi.outcome import RunOutcome, Status
 
 ProgressCallback = Callable[["Progress"], None]
 LOOKAHEAD_KEEP = 0.7
+# The look-ahead check compares trades around a cut deep into the data; a frequent trader needs them all.
+ALL_TRADES = 200_000
 
 
 @dataclass(slots=True)
@@ -84,6 +89,7 @@ class OptimizationResult:
     children: list[int]
     stop_reason: str
     folds: list[splits.Fold]
+    parent_guards: dict[str, Any] = field(default_factory=dict)
     llm: str = "not configured: parameter search only"
 
     def to_json(self) -> dict[str, Any]:
@@ -93,7 +99,7 @@ class OptimizationResult:
             "parent": self.parent.to_json(), "best": self.best.to_json(),
             "iterations": [i.to_json() for i in self.iterations], "trials": self.trials,
             "trials_per_second": self.trials_per_second, "children": self.children,
-            "stop_reason": self.stop_reason, "llm": self.llm,
+            "stop_reason": self.stop_reason, "llm": self.llm, "parent_guards": self.parent_guards,
             "validation": [{"train": [f.train.start, f.train.end], "test": [f.test.start, f.test.end]}
                            for f in self.folds],
         }
@@ -111,7 +117,7 @@ def param_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list
 class Optimizer:
     def __init__(self, run: PreparedRun, settings: OptimizationSettings, *, executor: LocalExecutor,
                  store: Any, n_rows: int, index_times: Sequence[str], batch_size: int,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, frame: pd.DataFrame | None = None) -> None:
         self.run = run
         self.settings = settings
         self.executor = executor
@@ -120,6 +126,8 @@ class Optimizer:
         self.index_times = index_times
         self.batch_size = max(1, batch_size)
         self.on_progress = on_progress
+        # The dataset itself, for the look-ahead probe; without it the check falls back to truncation.
+        self.frame = frame
         self.folds = splits.make_folds(n_rows, splits.parse_validation(settings.validation),
                                        warmup=settings.warmup_bars)
         self.train = self.folds[0].train
@@ -134,7 +142,7 @@ class Optimizer:
 
     def evaluate(self, params: Mapping[str, Any], *, series: bool) -> Evaluation:
         base = self.run.with_params(dict(params))
-        jobs = [base.on_rows(self.train.start, self.train.end, include_series=series)]
+        jobs = [replace(base.on_rows(self.train.start, self.train.end, include_series=series), max_trades=ALL_TRADES)]
         for fold in self.folds:
             window = fold.test.with_warmup(self.settings.warmup_bars)
             jobs.append(base.on_rows(window.start, window.end, include_series=series))
@@ -165,15 +173,46 @@ class Optimizer:
         return guards.deflated_sharpe_ratio(returns, [s / factor for s in self.trial_sharpes])
 
     def lookahead(self, candidate: Evaluation) -> guards.LookaheadReport | None:
+        """Run the candidate again on in-sample data altered one bar past a decision, then truncated.
+
+        An honest strategy's completed trades before the cut are unchanged; one that reads a
+        future bar (even one bar ahead) acts differently. See guards.lookahead_probe.
+        """
         full = candidate.in_sample_outcome
         if full is None or full.trades is None:
             return None
-        cut = self.train.start + int((self.train.end - self.train.start) * LOOKAHEAD_KEEP)
-        truncated = self.executor.execute(
-            self.run.with_params(candidate.params).on_rows(self.train.start, cut, include_series=True))
+        job = self.run.with_params(candidate.params)
+        if self.frame is None:
+            cut = self.train.start + int((self.train.end - self.train.start) * LOOKAHEAD_KEEP)
+            truncated = self.executor.execute(replace(job.on_rows(self.train.start, cut, include_series=True),
+                                                      max_trades=ALL_TRADES))
+            cut_time: Any = self.index_times[cut - 1]
+        else:
+            window = self.frame.iloc[self.train.start:self.train.end]
+            probe = guards.lookahead_probe(window, keep=LOOKAHEAD_KEEP, full_trades=full.trades,
+                                           trade_on_close=bool(self.run.backtest.get("trade_on_close")))
+            path = self._write_probe(probe.data)
+            truncated = self.executor.execute(replace(job, data_file=str(path), data_range=None,
+                                                      include_series=True, max_trades=ALL_TRADES))
+            cut_time = probe.cut_time
         if truncated.trades is None:
             return None
-        return guards.lookahead_suspected(full.trades, truncated.trades, self.index_times[cut - 1])
+        return guards.lookahead_suspected(full.trades, truncated.trades, cut_time)
+
+    def _write_probe(self, data: Any) -> Path:
+        """The altered dataset as a file the sandboxed worker can read (it loads datasets by path)."""
+        import hashlib
+
+        directory = rbi_home() / "cache" / "probes"
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(pd.util.hash_pandas_object(data, index=True).values.tobytes()).hexdigest()[:24]
+        path = directory / f"probe-{digest}.parquet"
+        if not path.exists():
+            partial = path.with_suffix(".tmp")
+            data.to_parquet(partial)
+            partial.chmod(0o644)
+            partial.replace(path)
+        return path
 
     # --- searching ---------------------------------------------------------------------------------
 
@@ -257,10 +296,23 @@ class Optimizer:
         parent.version = parent_version
         self._record(parent, parent_version)
         champion = parent
-        search = ParameterSearch(settings)
-        search.enqueue(parent.params)
         iterations: list[IterationReport] = []
         children: list[int] = []
+        parent_guards: dict[str, Any] = {}
+        if settings.guards.lookahead_check:
+            # Optimising a strategy that already peeks at future bars would only polish the leak.
+            look = self.lookahead(parent)
+            parent_guards = {"lookahead_suspected": look.suspected if look else None,
+                             "lookahead_detail": look.reason if look else "not checked"}
+            if look is not None and look.suspected:
+                return OptimizationResult(
+                    strategy_name=self.run.name, objective=settings.primary.stat,
+                    maximize=settings.primary.maximize, parent=parent, best=parent, iterations=iterations,
+                    trials=0, trials_per_second=0.0, children=children, folds=self.folds,
+                    stop_reason=f"look-ahead suspected in v{parent_version} itself, not optimised: {look.reason}",
+                    parent_guards=parent_guards)
+        search = ParameterSearch(settings)
+        search.enqueue(parent.params)
         stop_reason = f"reached maxIterations ({settings.max_iterations})"
         for iteration in range(1, settings.max_iterations + 1):
             ran, feasible = self._run_trials(search, iteration, champion.version or parent_version)
@@ -317,7 +369,8 @@ class Optimizer:
                     child_version=child_version, optimization_type="params",
                     changes_made=json.dumps(param_diff(champion.params, candidate.params), sort_keys=True),
                     performance_delta=report.improvement,
-                    details={"objective": settings.primary.stat, "in_sample": candidate.in_sample,
+                    details={"objective": settings.primary.stat, "maximize": settings.primary.maximize,
+                             "oos_start_row": self.folds[0].test.start, "in_sample": candidate.in_sample,
                              "out_of_sample": candidate.out_of_sample, "guards": report.guards,
                              "iteration": iteration, "trials": self.trials_done})
             candidate.version = child_version
@@ -333,7 +386,8 @@ class Optimizer:
         return OptimizationResult(
             strategy_name=self.run.name, objective=settings.primary.stat, maximize=settings.primary.maximize,
             parent=parent, best=champion, iterations=iterations, trials=self.trials_done,
-            trials_per_second=self.rate(), children=children, stop_reason=stop_reason, folds=self.folds)
+            trials_per_second=self.rate(), children=children, stop_reason=stop_reason, folds=self.folds,
+            parent_guards=parent_guards)
 
 
 def _pct(value: float | None) -> str:

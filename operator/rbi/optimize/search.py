@@ -19,11 +19,20 @@ from rbi.optimize.settings import OptimizationSettings, Parameter
 _VIOLATIONS = "constraint_violations"
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler stops the study when the grid is done, which only works inside study.optimize();
+    with ask-and-tell batches, ParameterSearch.exhausted() says when the grid is done instead."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
+        return None
+
+
 def make_sampler(settings: OptimizationSettings) -> optuna.samplers.BaseSampler:
     seed = settings.seed
     if settings.method == "grid":
         grid = {p.name: p.grid_values() for p in settings.space}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return _AskTellGridSampler(grid, seed=seed)
     if settings.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.method == "cmaes":
@@ -61,14 +70,22 @@ class ParameterSearch:
         optuna.logging.set_verbosity(logging.WARNING)
         self.settings = settings
         self.study = optuna.create_study(
-            directions=[o.direction for o in settings.objectives], sampler=make_sampler(settings))
+            directions=[optuna.study.StudyDirection.MAXIMIZE if o.maximize else optuna.study.StudyDirection.MINIMIZE
+                        for o in settings.objectives],
+            sampler=make_sampler(settings))
         self._grid = settings.method == "grid"
         self._seen: set[str] = set()
 
     def enqueue(self, params: Mapping[str, Any]) -> None:
-        """Evaluate these parameters first (the parent's own), so the search starts from them."""
-        names = {p.name for p in self.settings.space}
-        self.study.enqueue_trial({k: v for k, v in params.items() if k in names}, skip_if_exists=True)
+        """Evaluate these parameters first (the parent's own), so the search starts from them.
+
+        Only values inside the search space are enqueued: a parent off the grid is measured
+        by the loop anyway, and Optuna refuses values outside a distribution.
+        """
+        inside = {p.name: params[p.name] for p in self.settings.space
+                  if p.name in params and _in_domain(p, params[p.name], grid=self._grid)}
+        if inside:
+            self.study.enqueue_trial(inside, skip_if_exists=True)
 
     def exhausted(self) -> bool:
         return self._grid and len(self._seen) >= self.settings.grid_size()
@@ -125,3 +142,12 @@ def _violation(stat: str, op: str, bound: float, stats: Mapping[str, Any]) -> fl
     if op in ("<=", "<"):
         return value - bound if op == "<=" else value - bound + 1e-12
     return 0.0 if (value == bound) == (op == "==") else 1.0
+
+
+def _in_domain(parameter: Parameter, value: Any, *, grid: bool) -> bool:
+    if grid or parameter.kind == "categorical":
+        return value in (parameter.grid_values() if grid else parameter.choices)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    assert parameter.low is not None and parameter.high is not None
+    return parameter.low <= value <= parameter.high

@@ -126,6 +126,7 @@ def _mark_oos(ax: Axes, xs: Sequence[np.ndarray], oos_x: Any, *, label: bool) ->
         return
     ax.axvspan(oos_x, max(highs), color="0.5", alpha=0.10, lw=0, label="out-of-sample" if label else None)
     ax.axvline(oos_x, color="0.35", ls="--", lw=1.0)
+    # Above the axes, where no data is; the chart titles sit at the left edge, clear of it.
     ax.annotate("in-sample | out-of-sample", xy=(oos_x, 1.0), xycoords=("data", "axes fraction"),
                 xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8, color="0.3")
 
@@ -156,7 +157,7 @@ def equity_chart(series: Sequence[tuple[str, Curve]], *, oos_start: str | None =
     for i, ((label, curve), x) in enumerate(zip(usable, xs, strict=True)):
         ax.plot(x, _column(curve, 1), lw=1.4, color=_SERIES_COLOURS[i % len(_SERIES_COLOURS)], label=label)
     _mark_oos(ax, xs, _oos_x(oos_start, kind), label=True)
-    ax.set_title("Equity")
+    ax.set_title("Equity", loc="left")
     ax.set_ylabel("equity")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
     ax.grid(True, alpha=0.3)
@@ -176,10 +177,10 @@ def drawdown_chart(series: Sequence[tuple[str, Curve]], *, oos_start: str | None
         drawdown = -np.abs(_column(curve, 2))  # zero or negative whatever sign the caller used
         colour = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
         deepest = np.nanmin(drawdown) if np.isfinite(drawdown).any() else float("nan")
-        ax.fill_between(x, drawdown, 0.0, color=colour, alpha=0.25, lw=0)
-        ax.plot(x, drawdown, color=colour, lw=1.0, label=f"{label} (max {deepest:.1f}%)")
+        ax.fill_between(x, drawdown, 0.0, color=colour, alpha=0.2, lw=0)
+        ax.plot(x, drawdown, color=colour, lw=1.0, label=f"{label}: max {deepest:.1f}%")
     _mark_oos(ax, xs, _oos_x(oos_start, kind), label=False)
-    ax.set_title("Drawdown (underwater)")
+    ax.set_title("Drawdown (underwater)", loc="left")
     ax.set_ylabel("drawdown [%]")
     ax.grid(True, alpha=0.3)
     _format_x(ax, kind)
@@ -219,6 +220,9 @@ def trials_chart(trials: Sequence[TrialPoint], *, objective: str, maximize: bool
     running = np.maximum.accumulate(y) if maximize else np.minimum.accumulate(y)
     ax.plot(x, running, drawstyle="steps-post", color="black", lw=1.5, label="running best", zorder=4)
     if failed:
+        # Room below the lowest score for the row of x marks.
+        low, high = ax.get_ylim()
+        ax.set_ylim(low - 0.08 * (high - low), high)
         ax.scatter(failed, [0.02] * len(failed), transform=ax.get_xaxis_transform(), marker="x", s=14,
                    color="0.45", lw=1.0, label=f"failed / unscored ({len(failed)})", zorder=2, clip_on=False)
     ax.set_xlim(0.5, len(ordered) + 0.5)

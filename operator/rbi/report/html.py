@@ -36,7 +36,8 @@ _DASH = "—"
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:24px;
 color:#1d2330;background:#fff;line-height:1.45}
-h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}
+h1{font-size:1.6em;margin:0 0 4px}h3{font-size:1em;margin:16px 0 6px}
+h2{font-size:1.2em;margin:32px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}
 .meta{color:#556;margin:0 0 16px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
 .card{border:1px solid #dde;border-radius:8px;padding:10px 16px;min-width:170px}
@@ -87,7 +88,13 @@ def _fmt(value: Any) -> str:
 def _signed(value: float | None, digits: int = 2) -> str:
     if value is None:
         return _DASH
+    if isinstance(value, int):
+        return f"{value:+,d}"
     return f"{value:+,.{digits}f}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _sign_class(value: float | None) -> str:
@@ -237,8 +244,8 @@ def _headline(data: ReportData) -> str:
         cards.append(("improvement (positive = better)", delta, _sign_class(gain)))
     else:
         cards.append(("best child", "none promoted", ""))
-    card_html = "".join(f'<div class="card"><div class="k">{k}</div><div class="v {css}">{v}</div></div>'
-                        for k, v, css in cards)
+    card_html = "".join(f'<div class="card"><div class="k">{k}</div><div class="v{" " + css if css else ""}">{v}'
+                        "</div></div>" for k, v, css in cards)
     css, sentence = verdict(data)
     return (f"<h1>Optimization report: {escape(data.strategy_name)}</h1>\n<p class=\"meta\">{meta}</p>\n"
             f'<div class="cards">{card_html}</div>\n<p class="verdict {css}" id="verdict">{escape(sentence)}</p>')
@@ -249,28 +256,31 @@ def _figures_table(data: ReportData) -> str:
     if data.objective not in {key for key, _ in stats}:
         stats.insert(0, (data.objective, data.objective))
     columns: list[tuple[str, Mapping[str, Any] | None]] = [
-        (f"v{data.parent.version} parent · in-sample", data.parent.in_sample),
-        (f"v{data.parent.version} parent · out-of-sample", data.parent.out_of_sample),
+        (f"v{data.parent.version} parent\nin-sample", data.parent.in_sample),
+        (f"v{data.parent.version} parent\nout-of-sample", data.parent.out_of_sample),
     ]
     if data.best is not None:
         columns += [
-            (f"v{data.best.version} best · in-sample", data.best.in_sample),
-            (f"v{data.best.version} best · out-of-sample", data.best.out_of_sample),
+            (f"v{data.best.version} best\nin-sample", data.best.in_sample),
+            (f"v{data.best.version} best\nout-of-sample", data.best.out_of_sample),
         ]
-    head = "".join(f"<th>{escape(title)}</th>" for title, _ in columns)
+    head = "".join(f"<th>{escape(title).replace(chr(10), '<br>')}</th>" for title, _ in columns)
     if data.best is not None:
-        head += "<th>Δ out-of-sample (best − parent)</th>"
+        head += "<th>Δ out-of-sample<br>(best − parent)</th>"
     rows = []
     for key, label in stats:
         cells = "".join(f'<td class="num">{_fmt(_stat(values, key))}</td>' for _, values in columns)
         if data.best is not None:
-            p = charts.finite(_stat(data.parent.out_of_sample, key))
-            b = charts.finite(_stat(data.best.out_of_sample, key))
-            diff = None if p is None or b is None else b - p
+            p, b = _stat(data.parent.out_of_sample, key), _stat(data.best.out_of_sample, key)
+            diff: float | None = None
+            if _is_int(p) and _is_int(b):
+                diff = b - p  # counts stay whole numbers
+            elif charts.finite(p) is not None and charts.finite(b) is not None:
+                diff = float(b) - float(p)
             cells += f'<td class="num">{_signed(diff)}</td>'
         marker = ' class="objective"' if key == data.objective else ""
         rows.append(f"<tr{marker}><th>{escape(label)}</th>{cells}</tr>")
-    notes = [f"{title} figures were not recorded" for title, values in columns if not values]
+    notes = [f"{title.replace(chr(10), ' ')} figures were not recorded" for title, values in columns if not values]
     if data.best is None:
         notes.append("no child was promoted, so only the parent is shown")
     body = f"<table><tr><th>statistic</th>{head}</tr>{''.join(rows)}</table>"
@@ -367,8 +377,9 @@ def _best_trial(data: ReportData) -> str:
     scored = [t for t in data.trials if not _failed(t)]
     ranked = sorted(scored, key=lambda t: charts.finite(t.objective) or 0.0, reverse=data.maximize)
     best = ranked[0]
+    position = sorted(data.trials, key=lambda t: (t.iteration, t.trial_number)).index(best) + 1
     params = ", ".join(f"{escape(str(k))}={_fmt(v)}" for k, v in sorted(best.params.items()))
-    return (f"<p>Best trial (in-sample): iteration {best.iteration}, trial {best.trial_number}, "
+    return (f"<p>Best trial: iteration {best.iteration}, trial {best.trial_number} (point {position} above), "
             f"{escape(data.objective)} {_fmt(best.objective)} with <code>{params}</code>.</p>")
 
 
@@ -400,7 +411,7 @@ def _heatmap_section(data: ReportData) -> str:
         return "\n".join([*parts, _missing(f"No scored trial carries both {x_param} and {y_param}: "
                                            "nothing to pivot.")])
     png = charts.heatmap_chart(data.trials, x_param, y_param, objective=data.objective, maximize=data.maximize)
-    caption = (f"In-sample {data.objective} over {x_param} × {y_param} (best trial per cell); blank cells had no "
+    caption = (f"{data.objective} over {x_param} × {y_param} (best trial per cell); blank cells had no "
                "scored trial; the red outline marks the best cell.")
     parts.append(_image(png, "parameter heatmap", caption))
     return "\n".join(parts)
@@ -440,6 +451,7 @@ def _lineage_section(data: ReportData) -> str:
         )
     parts.append("<table><tr><th>version</th><th>parent</th><th>type</th><th>changes</th>"
                  f"<th>Δ {escape(data.objective)}</th><th>guards</th></tr>{''.join(rows)}</table>")
+    parts.append("<h3>Version tree</h3>")
     parts.append(_tree(data, best))
     return "\n".join(parts)
 

@@ -1,0 +1,159 @@
+"""The optimisation loop for real: sandboxed trials on the bundled data, a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rbi.engine import LocalExecutor, PreparedRun, prepare
+from rbi.optimize.loop import OptimizationResult, Optimizer
+from rbi.optimize.settings import parse_settings
+from rbi.prepare.data import load_ohlcv
+from rbi.spec import StrategySpec
+from rbi.store import ResultStore
+
+HONEST = textwrap.dedent("""
+    import talib
+    from backtesting import Strategy
+    from backtesting.lib import crossover
+
+    class SmaCross(Strategy):
+        fast = 20
+        slow = 240
+
+        def init(self):
+            self.a = self.I(talib.SMA, self.data.Close, self.fast)
+            self.b = self.I(talib.SMA, self.data.Close, self.slow)
+
+        def next(self):
+            if crossover(self.a, self.b):
+                self.position.close()
+                self.buy(size=0.5)
+            elif crossover(self.b, self.a):
+                self.position.close()
+""")
+
+# Buys when tomorrow's close is higher: a classic look-ahead leak through pandas on the whole frame.
+CHEAT = textwrap.dedent("""
+    import numpy as np
+    from backtesting import Strategy
+
+    class Oracle(Strategy):
+        hold = 1
+
+        def init(self):
+            close = self.data.df.Close
+            future_up = (close.shift(-self.hold) > close).astype(float).to_numpy()
+            self.up = self.I(lambda: future_up, name="up")
+
+        def next(self):
+            if self.up[-1] > 0 and not self.position:
+                self.buy(size=0.5)
+            elif self.up[-1] <= 0 and self.position:
+                self.position.close()
+""")
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[LocalExecutor]:
+    with LocalExecutor(workers=2) as ex:
+        yield ex
+
+
+@pytest.fixture(scope="module")
+def frame(bundled_data: Path) -> Any:
+    return load_ohlcv(bundled_data)
+
+
+@pytest.fixture(scope="module")
+def index_times(frame: Any) -> list[str]:
+    return [t.isoformat() for t in frame.index]
+
+
+def _optimize(code: str, name: str, raw: dict[str, Any], *, executor: LocalExecutor, store: ResultStore,
+              index_times: list[str]) -> tuple[OptimizationResult, PreparedRun]:
+    from rbi.datasets import bundled_dataset
+
+    run = prepare(StrategySpec(name=name, code=code, mode="class"))
+    optimizer = Optimizer(run, parse_settings(raw), executor=executor, store=store, n_rows=len(index_times),
+                          index_times=index_times, batch_size=4, frame=load_ohlcv(bundled_dataset()))
+    return optimizer.optimize(), run
+
+
+def test_params_search_promotes_only_what_holds_out_of_sample(
+        tmp_path: Path, executor: LocalExecutor, index_times: list[str]) -> None:
+    store = ResultStore(f"sqlite:///{tmp_path / 'rbi.db'}")
+    store.migrate()
+    raw = {"objective": "return_pct", "method": "grid", "seed": 1, "maxTrials": 9, "maxIterations": 3,
+           "minImprovement": 0.0, "validation": {"holdout": 0.3}, "guards": {"minDeflatedSharpe": 0.0},
+           "space": {"fast": [10, 20, 40], "slow": [60, 120, 240]}, "constraints": ["num_trades >= 5"]}
+    result, run = _optimize(HONEST, "sma", raw, executor=executor, store=store, index_times=index_times)
+
+    trials = store.trials("sma")
+    assert len(trials) == result.trials == sum(i.trials for i in result.iterations)
+    assert {json.dumps(t.params, sort_keys=True) for t in trials} <= {
+        json.dumps({"fast": f, "slow": s}, sort_keys=True) for f in (10, 20, 40) for s in (60, 120, 240)}
+    # The parent's own parameters were tried first.
+    assert trials[0].params == {"fast": 20, "slow": 240}
+
+    lineage = store.lineage("sma")
+    promoted = [i for i in result.iterations if i.promoted]
+    assert [e.child_version for e in lineage] == [i.child_version for i in promoted] == result.children
+    for iteration, edge in zip(promoted, lineage, strict=True):
+        assert iteration.improvement is not None and iteration.improvement >= 0.0
+        assert iteration.guards["lookahead_suspected"] is False
+        assert edge.optimization_type == "params" and edge.performance_delta == pytest.approx(iteration.improvement)
+        assert json.loads(edge.changes_made), "a child must change something"
+    last = result.iterations[-1]
+    assert last.promoted or last.reason
+    assert result.stop_reason
+
+    # The reported out-of-sample figure is reproducible by an independent run on the same window.
+    fold = result.folds[0]
+    window = fold.test.with_warmup(200)
+    again = executor.execute(run.with_params(result.best.params).on_rows(window.start, window.end))
+    assert again.stats["return_pct"] == pytest.approx(result.best.oos_score)
+    assert fold.train.end <= fold.test.start
+
+    versions = {v.version: v for v in store.versions("sma")}
+    for child in result.children:
+        assert versions[child].source == "params" and versions[child].parent_version is not None
+
+
+def test_lookahead_strategies_are_never_promoted(
+        tmp_path: Path, executor: LocalExecutor, index_times: list[str]) -> None:
+    store = ResultStore(f"sqlite:///{tmp_path / 'rbi.db'}")
+    store.migrate()
+    raw = {"objective": "return_pct", "method": "grid", "maxTrials": 3, "maxIterations": 2, "minImprovement": 0.0,
+           "guards": {"minDeflatedSharpe": 0.0}, "space": {"hold": [1, 2, 3]}}
+    result, _ = _optimize(CHEAT, "oracle", raw, executor=executor, store=store, index_times=index_times)
+    # The parent itself is caught before any trial is spent on it.
+    assert result.parent_guards["lookahead_suspected"] is True, result.parent_guards
+    assert result.trials == 0 and not result.children
+    assert "look-ahead" in result.stop_reason
+    assert store.lineage("oracle") == []
+    # The honest strategy passes the same check.
+    honest, _ = _optimize(HONEST, "honest", {**raw, "space": {"fast": [10, 20]}, "maxIterations": 1},
+                          executor=executor, store=store, index_times=index_times)
+    assert honest.parent_guards["lookahead_suspected"] is False, honest.parent_guards
+
+
+def test_deflated_sharpe_guard_is_reported_and_enforced(
+        tmp_path: Path, executor: LocalExecutor, index_times: list[str]) -> None:
+    store = ResultStore(f"sqlite:///{tmp_path / 'rbi.db'}")
+    store.migrate()
+    raw = {"objective": "return_pct", "method": "random", "seed": 3, "maxTrials": 6, "maxIterations": 1,
+           "minImprovement": 0.0, "guards": {"minDeflatedSharpe": 1.01},
+           "space": {"fast": {"type": "int", "low": 5, "high": 60}, "slow": {"type": "int", "low": 80, "high": 300}}}
+    result, _ = _optimize(HONEST, "sma-dsr", raw, executor=executor, store=store, index_times=index_times)
+    (iteration,) = result.iterations
+    if iteration.guards:  # the best trial differed from the parent
+        dsr = iteration.guards["deflated_sharpe"]
+        assert dsr is None or 0.0 <= dsr <= 1.0
+        assert not iteration.promoted and "deflated Sharpe" in iteration.reason
+    assert result.children == []

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import yaml
-
 from tests.cli.test_cli import rbi
 from tests.conftest import EXAMPLES
 

@@ -358,8 +358,8 @@ def lookahead_suspected(full_trades: Sequence[Mapping[str, Any]], truncated_trad
 class LookaheadProbe:
     """Data for the second run of the look-ahead check, and the cut to compare at."""
 
-    data: pd.DataFrame  # rows [0, altered_row + 2) of the input; row `altered_row` has Close (and Volume) changed
-    altered_row: int
+    data: pd.DataFrame  # the input's first rows, with the future after `decision_row` mirrored
+    decision_row: int  # the bar whose decision is put to the test; rows after it differ from the input
     cut_time: Any  # pass to lookahead_suspected; same form as rbi.stats.trades_summary times
 
 
@@ -375,51 +375,59 @@ def _as_trade_time(value: Any) -> Any:
 
 
 def _targeted_row(start: int, last: int, full_trades: Sequence[Mapping[str, Any]] | None) -> int:
-    """The first row >= start that the strategy enters holding a position, else `start`.
+    """The first decision row >= start on which the strategy holds a position, else `start`.
 
-    Holding a position on the bar before the altered one means the decision
-    that reads the altered close chooses between keeping the trade and closing
-    it on the altered bar; either way, a one-bar leak changes a trade that is
-    completed before the cut. Honest strategies are unaffected by the choice.
+    Holding a position means the decision that reads the mirrored future
+    chooses between keeping the trade and closing it on the next bar; either
+    way a leak changes a trade that completes before the cut. (Entering on
+    the next bar would only show in a trade completed after it.) Honest
+    strategies are unaffected by the choice.
     """
     best: int | None = None
     for trade in full_trades or ():
         entry, exit_ = trade.get("entry_bar"), trade.get("exit_bar")
         if not (isinstance(entry, int) and isinstance(exit_, int)):
             continue
-        # entry <= row - 2 and exit >= row: in the position for the whole bar row - 1, with either
-        # next-open fills or trade_on_close bookings.
-        row = max(start, entry + 2)
-        if row <= min(exit_, last) and (best is None or row < best):
+        # entry <= row - 1 and exit >= row + 1: in the position through the decision on `row`,
+        # with next-open fills and with trade_on_close bookings alike.
+        row = max(start, entry + 1)
+        if row <= min(exit_ - 1, last) and (best is None or row < best):
             best = row
     return start if best is None else best
 
 
 def lookahead_probe(data: pd.DataFrame, *, keep: float = 0.7,
                     full_trades: Sequence[Mapping[str, Any]] | None = None,
-                    trade_on_close: bool = False) -> LookaheadProbe:
-    """A copy of `data` that agrees with it before one bar, differs on it, and ends just after it.
+                    trade_on_close: bool = False, horizon: int = 10) -> LookaheadProbe:
+    """A copy of `data` whose future, seen from one decision bar ``d``, goes the other way.
 
-    Row ``c`` (at `keep` of the way through, or, given the full run's trades
-    with ``entry_bar``/``exit_bar``, the first row after that which the
-    strategy enters holding a position) keeps its Open, High and Low, because
-    honest orders fill at those, but its Close moves to the other end of the
-    bar's range (Low if the bar closed above the previous close, else High),
-    which reverses the bar's direction, and its Volume is mirrored around the
-    previous bar's (``prev² / volume``). Everything after row ``c + 1`` is
-    removed, which also changes any statistic of the whole series.
+    ``d`` is the row at `keep` of the way through, or, given the full run's
+    trades (``entry_bar``/``exit_bar``, as from rbi.stats.trades_summary), the
+    first row from there on which the strategy holds a position. Rows up to
+    ``d`` are untouched. On row ``d + 1`` Open, High and Low stay (honest
+    orders fill at them) and Close moves to the end of the bar's range on the
+    other side of ``Close[d]`` from where it really closed. The next `horizon`
+    rows are mirrored in log price about ``Close[d]`` (``x -> Close[d]² / x``
+    for O/H/L/C, High and Low swapped), so every later close lies on the other
+    side of ``Close[d]`` too; Volume is mirrored about ``Volume[d]`` the same
+    way. Everything after that is removed, which also changes any statistic
+    of the whole series.
 
-    An honest strategy decides on bar ``c - 1`` from rows ``<= c - 1`` and
-    fills at bar ``c`` from Open/High/Low, so every trade completed before the
-    returned cut is identical in both runs; one that read bar ``c``'s close a
-    bar early acts differently on bar ``c``. The cut is bar ``c + 1`` (``c``
-    with `trade_on_close`, whose fills are booked on the bar the decision was
-    taken) and excludes the final bar, where ``finalize_trades`` closes trades.
+    An honest strategy decides on bar ``d`` from rows ``<= d`` and fills on
+    bar ``d + 1`` at its Open/High/Low, so every trade completed before the
+    returned cut is identical in both runs. A strategy that reads ``Close``
+    (or Volume) 1 to ``horizon + 1`` bars ahead sees the future reversed on
+    bar ``d``; further ahead it sees NaN. The cut is bar ``d + 2`` (``d + 1``
+    with `trade_on_close`, which books a fill on the bar the decision was
+    taken), which also leaves out the last bar, where ``finalize_trades``
+    closes what is open.
 
-    Known false-positive edge: a fractional-size order filled on bar ``c``
-    while another trade is open is sized from equity valued at bar ``c``'s
-    close (backtesting.py's own accounting); such a trade counts only if it
-    also exits on bar ``c``.
+    Run the strategy on `data` and on ``probe.data`` with the same parameters
+    and backtest options, then call ``lookahead_suspected(full, probe_run,
+    probe.cut_time)``. Known false-positive edge: a fractional-size order
+    filled on bar ``d + 1`` while another trade is open is sized from equity
+    valued at bar ``d + 1``'s close (backtesting.py's own accounting); it only
+    counts if that trade also exits on bar ``d + 1``.
     """
     if not isinstance(data, pd.DataFrame) or "Close" not in data:
         raise ValueError("data must be an OHLC DataFrame with a Close column")
@@ -428,23 +436,35 @@ def lookahead_probe(data: pd.DataFrame, *, keep: float = 0.7,
         raise ValueError(f"a look-ahead probe needs at least 4 rows, got {n}")
     if not 0 < keep < 1:
         raise ValueError(f"keep must be in (0, 1), got {keep!r}")
-    start = min(max(2, math.floor(keep * n)), n - 2)
-    row = _targeted_row(start, n - 2, full_trades)
-    probe = data.iloc[: row + 2].copy()
-    closes = probe["Close"].to_numpy(dtype=np.float64, copy=True)
-    if {"High", "Low"} <= set(probe.columns):
-        high, low = float(probe["High"].iat[row]), float(probe["Low"].iat[row])
-        closes[row] = low if closes[row] > closes[row - 1] else high
-        probe["Close"] = closes
-    if "Volume" in probe.columns:
-        volumes = probe["Volume"].to_numpy(dtype=np.float64, copy=True)
-        before, now = volumes[row - 1], volumes[row]
-        # The geometric mirror flips "more/less volume than the previous bar" and stays positive.
-        if before > 0 and now > 0 and math.isfinite(before * before / now):
-            volumes[row] = before * before / now
-            probe["Volume"] = volumes
-    cut_row = row if trade_on_close else row + 1
-    return LookaheadProbe(data=probe, altered_row=row, cut_time=_as_trade_time(data.index[cut_row]))
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+    # d + 2 must exist: the bar after the tested fill, where finalize_trades may close trades.
+    start = min(max(1, math.floor(keep * n)), n - 3)
+    d = _targeted_row(start, n - 3, full_trades)
+    end = min(n, d + 2 + horizon)
+    probe = data.iloc[:end].copy()
+    columns = {c: probe[c].to_numpy(dtype=np.float64, copy=True)
+               for c in ("Open", "High", "Low", "Close", "Volume") if c in probe.columns}
+    close = columns["Close"]
+    pivot = close[d]
+    after = slice(d + 2, end)
+    if pivot > 0 and np.all(close[after] > 0):
+        for name, source in (("Open", "Open"), ("Close", "Close"), ("High", "Low"), ("Low", "High")):
+            if name in columns and source in columns:
+                columns[name][after] = pivot * pivot / data[source].to_numpy(dtype=np.float64)[after]
+    if "High" in columns and "Low" in columns:
+        true_close = float(data["Close"].iat[d + 1])
+        close[d + 1] = columns["Low"][d + 1] if true_close > pivot else columns["High"][d + 1]
+    if "Volume" in columns:
+        volume = columns["Volume"]
+        base, ahead = volume[d], volume[d + 1:end]
+        # The geometric mirror flips "more/less volume than on bar d" and stays positive.
+        if base > 0 and np.all(ahead > 0):
+            volume[d + 1:end] = base * base / ahead
+    for name, values in columns.items():
+        probe[name] = values
+    cut_row = d + 1 if trade_on_close else d + 2
+    return LookaheadProbe(data=probe, decision_row=d, cut_time=_as_trade_time(data.index[cut_row]))
 
 
 # --------------------------------------------------------------------------- improvement

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from rbi.cli.render import fmt
@@ -72,23 +73,31 @@ def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, w
     return result
 
 
-def result_table(result: OptimizationResult) -> Table:
-    table = Table(title=f"{result.strategy_name}: optimising {result.objective} "
-                        f"({'max' if result.maximize else 'min'}) — {result.trials} trials, "
-                        f"{result.trials_per_second:.1f} trials/s")
-    for column in ("iteration", "trials", "best params", "in-sample", "out-of-sample", "Δ vs parent", "DSR",
-                   "look-ahead", "promoted", "reason"):
-        table.add_column(column)
+def _params_text(params: dict[str, Any] | None) -> str:
+    return " ".join(f"{k}={v}" for k, v in (params or {}).items()) or "—"
+
+
+def result_table(result: OptimizationResult) -> Group:
+    table = Table(title=f"{result.strategy_name}: {result.objective} ({'max' if result.maximize else 'min'}), "
+                        f"{result.trials} trials at {result.trials_per_second:.1f}/s")
+    for column in ("it", "trials ok", "best in-sample params", "IS", "OOS", "Δ OOS", "DSR", "look-ahead", "child"):
+        table.add_column(column, overflow="fold")
     for it in result.iterations:
         look = it.guards.get("lookahead_suspected")
-        look_text = "—" if look is None else ("SUSPECTED" if look else "clean")
-        table.add_row(str(it.iteration), f"{it.feasible_trials}/{it.trials}", json.dumps(it.best_params),
+        look_text = "—" if look is None else ("[red]SUSPECTED[/]" if look else "clean")
+        table.add_row(str(it.iteration), f"{it.feasible_trials}/{it.trials}", _params_text(it.best_params),
                       fmt(it.best_in_sample), fmt(it.out_of_sample),
                       "—" if it.improvement is None else f"{it.improvement:+.1%}",
                       fmt(it.guards.get("deflated_sharpe")), look_text,
-                      f"[green]v{it.child_version}[/]" if it.promoted else "[red]no[/]", it.reason)
-    table.caption = f"stopped: {result.stop_reason}. LLM refinement: {result.llm}."
-    return table
+                      f"[green]v{it.child_version}[/]" if it.promoted else "[red]no[/]")
+    notes = [Text(f"iteration {it.iteration}: {it.reason}", style="green" if it.promoted else "yellow")
+             for it in result.iterations if it.reason]
+    best = result.best
+    summary = Text.assemble(
+        ("best: ", "bold"), f"v{best.version} {_params_text(best.params)} — out-of-sample {result.objective} "
+        f"{fmt(best.oos_score)} (parent v{result.parent.version}: {fmt(result.parent.oos_score)})\n",
+        ("stopped: ", "bold"), f"{result.stop_reason}\n", ("LLM refinement: ", "bold"), result.llm)
+    return Group(table, *notes, summary)
 
 
 def lineage_tree(store: Any, name: str) -> Tree:

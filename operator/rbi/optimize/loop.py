@@ -27,6 +27,7 @@ from rbi.outcome import RunOutcome, Status
 
 ProgressCallback = Callable[["Progress"], None]
 LOOKAHEAD_KEEP = 0.7
+LLM_ATTEMPTS = 2  # consecutive LLM rounds without a promotion before the loop stops
 # The look-ahead check compares trades around a cut deep into the data; a frequent trader needs them all.
 ALL_TRADES = 200_000
 
@@ -49,6 +50,7 @@ class Evaluation:
     out_of_sample: dict[str, Any]
     oos_score: float | None
     version: int | None = None
+    code: str | None = None
     in_sample_outcome: RunOutcome | None = None
     oos_outcomes: list[RunOutcome] = field(default_factory=list)
 
@@ -117,7 +119,8 @@ def param_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list
 class Optimizer:
     def __init__(self, run: PreparedRun, settings: OptimizationSettings, *, executor: LocalExecutor,
                  store: Any, n_rows: int, index_times: Sequence[str], batch_size: int,
-                 on_progress: ProgressCallback | None = None, frame: pd.DataFrame | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, frame: pd.DataFrame | None = None,
+                 llm: Any = None) -> None:
         self.run = run
         self.settings = settings
         self.executor = executor
@@ -128,6 +131,10 @@ class Optimizer:
         self.on_progress = on_progress
         # The dataset itself, for the look-ahead probe; without it the check falls back to truncation.
         self.frame = frame
+        # An rbi.llm.LLMClient, or None for parameter search only.
+        self.llm = llm
+        self.llm_description = (f"model {llm.config.model}" if llm is not None
+                                else "not configured: parameter search only")
         self.folds = splits.make_folds(n_rows, splits.parse_validation(settings.validation),
                                        warmup=settings.warmup_bars)
         self.train = self.folds[0].train
@@ -140,8 +147,8 @@ class Optimizer:
     def _score(self, stats: Mapping[str, Any] | None) -> float | None:
         return objective_value(stats, self.settings.primary.stat) if stats else None
 
-    def evaluate(self, params: Mapping[str, Any], *, series: bool) -> Evaluation:
-        base = self.run.with_params(dict(params))
+    def evaluate(self, params: Mapping[str, Any], *, series: bool, code: str | None = None) -> Evaluation:
+        base = replace(self.run, code=code or self.run.code).with_params(dict(params))
         jobs = [replace(base.on_rows(self.train.start, self.train.end, include_series=series), max_trades=ALL_TRADES)]
         for fold in self.folds:
             window = fold.test.with_warmup(self.settings.warmup_bars)
@@ -155,7 +162,7 @@ class Optimizer:
         oos_stats = _stats(oos[0]) or {} if len(oos) == 1 else {
             "folds": [_stats(o) for o in oos], self.settings.primary.stat: oos_score}
         return Evaluation(params=merged_params, in_sample=_stats(in_sample) or {}, out_of_sample=oos_stats,
-                          oos_score=oos_score, in_sample_outcome=in_sample, oos_outcomes=oos)
+                          oos_score=oos_score, code=base.code, in_sample_outcome=in_sample, oos_outcomes=oos)
 
     # --- guards ------------------------------------------------------------------------------------
 
@@ -181,7 +188,7 @@ class Optimizer:
         full = candidate.in_sample_outcome
         if full is None or full.trades is None:
             return None
-        job = self.run.with_params(candidate.params)
+        job = replace(self.run, code=candidate.code or self.run.code).with_params(candidate.params)
         if self.frame is None:
             cut = self.train.start + int((self.train.end - self.train.start) * LOOKAHEAD_KEEP)
             truncated = self.executor.execute(replace(job.on_rows(self.train.start, cut, include_series=True),
@@ -216,14 +223,16 @@ class Optimizer:
 
     # --- searching ---------------------------------------------------------------------------------
 
-    def _run_trials(self, search: ParameterSearch, iteration: int, parent_version: int) -> tuple[int, int]:
+    def _run_trials(self, search: ParameterSearch, iteration: int, parent_version: int,
+                    code: str | None = None) -> tuple[int, int]:
+        run = replace(self.run, code=code or self.run.code)
         planned, ran, feasible = self.settings.max_trials, 0, 0
         while ran < planned:
             asked: list[Asked] = search.ask(min(self.batch_size, planned - ran))
             if not asked:
                 break
             started = time.perf_counter()
-            jobs = [self.run.with_params(a.params).on_rows(self.train.start, self.train.end) for a in asked]
+            jobs = [run.with_params(a.params).on_rows(self.train.start, self.train.end) for a in asked]
             outcomes = list(self.executor.execute_many(jobs))
             self.trial_seconds += time.perf_counter() - started
             for number, (item, outcome) in enumerate(zip(asked, outcomes, strict=True), start=ran):
@@ -287,107 +296,187 @@ class Optimizer:
             self.store.record_run(self.run.name, outcome, version=version, dataset_hash=self.run.dataset_hash,
                                   dataset_name=self.run.dataset_name, sample="out_of_sample")
 
+    def _judge(self, champion: Evaluation, candidate: Evaluation, report: IterationReport) -> list[str]:
+        """Measure the guards for a candidate; the reasons it may not be promoted (empty: promote)."""
+        settings = self.settings
+        report.out_of_sample = candidate.oos_score
+        report.improvement = guards.improvement(champion.oos_score, candidate.oos_score,
+                                                maximize=settings.primary.maximize)
+        dsr = self.deflated_sharpe(candidate)
+        look = self.lookahead(candidate) if settings.guards.lookahead_check else None
+        report.guards = {
+            "in_sample": candidate.in_sample.get(settings.primary.stat),
+            "out_of_sample": candidate.oos_score,
+            "deflated_sharpe": dsr.dsr if dsr else None,
+            "deflated_sharpe_trials": dsr.n_trials if dsr else len(self.trial_sharpes),
+            "lookahead_suspected": look.suspected if look else None,
+            "lookahead_detail": look.reason if look else "not checked",
+        }
+        failures = []
+        if report.improvement is None or report.improvement < settings.min_improvement:
+            failures.append(f"out-of-sample improvement {_pct(report.improvement)} is below "
+                            f"minImprovement {settings.min_improvement:.0%}")
+        if dsr is None or not dsr.passed(settings.guards.min_deflated_sharpe):
+            value = "undefined" if dsr is None else f"{dsr.dsr:.3f}"
+            failures.append(f"deflated Sharpe {value} < {settings.guards.min_deflated_sharpe} "
+                            f"over {len(self.trial_sharpes)} trials")
+        if look is not None and look.suspected:
+            failures.append(f"look-ahead suspected: {look.reason}")
+        return failures
+
+    def _promote(self, champion: Evaluation, candidate: Evaluation, report: IterationReport, *, kind: str,
+                 changes: str, extra: Mapping[str, Any] | None = None) -> int:
+        settings = self.settings
+        parent_version = champion.version or 1
+        child_version = parent_version + 1
+        if self.store is not None:
+            child_version = self.store.register_version(
+                self.run.name, code=candidate.code or self.run.code, params=candidate.params,
+                parent_version=parent_version, source=kind)
+            self._record(candidate, child_version)
+            self.store.record_optimization(
+                strategy_name=self.run.name, parent_version=parent_version, child_version=child_version,
+                optimization_type=kind, changes_made=changes, performance_delta=report.improvement,
+                details={"objective": settings.primary.stat, "maximize": settings.primary.maximize,
+                         "oos_start_row": self.folds[0].test.start, "in_sample": candidate.in_sample,
+                         "out_of_sample": candidate.out_of_sample, "guards": report.guards,
+                         "iteration": report.iteration, "trials": self.trials_done, **(extra or {})})
+        candidate.version = child_version
+        report.promoted, report.child_version = True, child_version
+        report.reason = f"beats v{parent_version} out-of-sample by {_pct(report.improvement)}"
+        return child_version
+
+    def _params_round(self, search: ParameterSearch, iteration: int,
+                      champion: Evaluation) -> tuple[IterationReport, Evaluation | None, str]:
+        settings = self.settings
+        ran, feasible = self._run_trials(search, iteration, champion.version or 1, code=champion.code)
+        best = self._best_params(search)
+        report = IterationReport(iteration=iteration, method=settings.method, trials=ran, feasible_trials=feasible,
+                                 best_params=best[0] if best else None, best_in_sample=best[1] if best else None,
+                                 out_of_sample=None, improvement=None, promoted=False, reason="")
+        if best is None:
+            report.reason = "no trial satisfied the constraints" if ran else "the search space is exhausted"
+            return report, None, report.reason
+        candidate_params = {**champion.params, **best[0]}
+        if param_diff(champion.params, candidate_params) == {}:
+            report.reason = "the best in-sample parameters are the current version's own"
+            return report, None, f"iteration {iteration} found nothing better than v{champion.version}"
+        candidate = self.evaluate(candidate_params, series=True, code=champion.code)
+        failures = self._judge(champion, candidate, report)
+        if failures:
+            report.reason = "; ".join(failures)
+            return report, None, f"iteration {iteration} was not promoted: {report.reason}"
+        changes = json.dumps(param_diff(champion.params, candidate.params), sort_keys=True)
+        self._promote(champion, candidate, report, kind="params", changes=changes)
+        return report, candidate, ""
+
+    def _llm_round(self, iteration: int, champion: Evaluation,
+                   tried: list[str]) -> tuple[IterationReport, Evaluation | None, str]:
+        from rbi.optimize.refine import RefineError, propose_code_change
+
+        assert self.llm is not None
+        settings = self.settings
+        report = IterationReport(iteration=iteration, method="llm_code", trials=1, feasible_trials=0,
+                                 best_params=champion.params, best_in_sample=None, out_of_sample=None,
+                                 improvement=None, promoted=False, reason="")
+        # Every LLM proposal is one more strategy tried: the deflated Sharpe ratio must know.
+        code = champion.code or self.run.code
+        trades = champion.in_sample_outcome.trades if champion.in_sample_outcome else None
+        try:
+            proposal = propose_code_change(self.llm, code=code, stats=champion.in_sample, trades=trades, tried=tried,
+                                           objective=settings.primary.stat, maximize=settings.primary.maximize)
+        except RefineError as exc:
+            report.reason = f"the model's proposal was rejected ({exc.kind}): {exc}"
+            tried.append(f"(rejected: {exc.kind})")
+            return report, None, f"iteration {iteration}: {report.reason}"
+        tried.append(proposal.rationale)
+        candidate = self.evaluate(champion.params, series=True, code=proposal.code)
+        sharpe = objective_value(candidate.in_sample, "sharpe_ratio")
+        if sharpe is not None:
+            self.trial_sharpes.append(sharpe)
+        report.best_in_sample = objective_value(candidate.in_sample, settings.primary.stat)
+        report.feasible_trials = int(bool(candidate.in_sample)
+                                     and all(c.holds(candidate.in_sample) for c in settings.constraints))
+        if not candidate.in_sample:
+            error = candidate.in_sample_outcome.error if candidate.in_sample_outcome else None
+            report.reason = f"the proposed code failed: {error.type}: {error.message}" if error else "no result"
+            return report, None, f"iteration {iteration}: {report.reason}"
+        failures = self._judge(champion, candidate, report)
+        if not report.feasible_trials:
+            failures.append("the proposed code breaks a constraint")
+        if failures:
+            report.reason = f"{proposal.rationale} — not promoted: " + "; ".join(failures)
+            return report, None, f"iteration {iteration} (llm_code) was not promoted: {'; '.join(failures)}"
+        extra = {"model": proposal.completion.model, "prompt_version": proposal.prompt_version,
+                 "prompt_tokens": proposal.completion.prompt_tokens,
+                 "completion_tokens": proposal.completion.completion_tokens,
+                 "rationale": proposal.rationale, "change_kind": proposal.change_kind}
+        self._promote(champion, candidate, report, kind="llm_code", changes=proposal.diff, extra=extra)
+        report.reason = f"{proposal.rationale} — {report.reason}"
+        return report, candidate, ""
+
     def optimize(self) -> OptimizationResult:
         settings = self.settings
         parent_version = 1
         if self.store is not None:
             parent_version = self.store.register_version(self.run.name, code=self.run.code, params=self.run.params)
-        parent = self.evaluate(self.run.params, series=True)
+        parent = self.evaluate(self.run.params, series=True, code=self.run.code)
         parent.version = parent_version
         self._record(parent, parent_version)
         champion = parent
         iterations: list[IterationReport] = []
         children: list[int] = []
         parent_guards: dict[str, Any] = {}
+
+        def result(stop_reason: str) -> OptimizationResult:
+            return OptimizationResult(
+                strategy_name=self.run.name, objective=settings.primary.stat, maximize=settings.primary.maximize,
+                parent=parent, best=champion, iterations=iterations, trials=self.trials_done,
+                trials_per_second=self.rate(), children=children, stop_reason=stop_reason, folds=self.folds,
+                parent_guards=parent_guards, llm=self.llm_description)
+
         if settings.guards.lookahead_check:
             # Optimising a strategy that already peeks at future bars would only polish the leak.
             look = self.lookahead(parent)
             parent_guards = {"lookahead_suspected": look.suspected if look else None,
                              "lookahead_detail": look.reason if look else "not checked"}
             if look is not None and look.suspected:
-                return OptimizationResult(
-                    strategy_name=self.run.name, objective=settings.primary.stat,
-                    maximize=settings.primary.maximize, parent=parent, best=parent, iterations=iterations,
-                    trials=0, trials_per_second=0.0, children=children, folds=self.folds,
-                    stop_reason=f"look-ahead suspected in v{parent_version} itself, not optimised: {look.reason}",
-                    parent_guards=parent_guards)
+                return result(f"look-ahead suspected in v{parent_version} itself, not optimised: {look.reason}")
         search = ParameterSearch(settings)
         search.enqueue(parent.params)
+        mode, llm_failures = "params", 0
+        tried: list[str] = []
         stop_reason = f"reached maxIterations ({settings.max_iterations})"
         for iteration in range(1, settings.max_iterations + 1):
-            ran, feasible = self._run_trials(search, iteration, champion.version or parent_version)
-            best = self._best_params(search)
-            report = IterationReport(iteration=iteration, method=settings.method, trials=ran, feasible_trials=feasible,
-                                     best_params=best[0] if best else None, best_in_sample=best[1] if best else None,
-                                     out_of_sample=None, improvement=None, promoted=False, reason="")
+            if mode == "params":
+                report, winner, why = self._params_round(search, iteration, champion)
+            else:
+                report, winner, why = self._llm_round(iteration, champion, tried)
             iterations.append(report)
-            if best is None:
-                report.reason = "no trial satisfied the constraints" if ran else "the search space is exhausted"
-                stop_reason = report.reason
-                break
-            candidate_params = {**champion.params, **best[0]}
-            if param_diff(champion.params, candidate_params) == {}:
-                report.reason = "the best in-sample parameters are the current version's own"
-                stop_reason = f"iteration {iteration} found nothing better than v{champion.version}"
-                break
-            candidate = self.evaluate(candidate_params, series=True)
-            report.out_of_sample = candidate.oos_score
-            report.improvement = guards.improvement(champion.oos_score, candidate.oos_score,
-                                                    maximize=settings.primary.maximize)
-            dsr = self.deflated_sharpe(candidate)
-            look = self.lookahead(candidate) if settings.guards.lookahead_check else None
-            report.guards = {
-                "in_sample": candidate.in_sample.get(settings.primary.stat),
-                "out_of_sample": candidate.oos_score,
-                "deflated_sharpe": dsr.dsr if dsr else None,
-                "deflated_sharpe_trials": dsr.n_trials if dsr else len(self.trial_sharpes),
-                "lookahead_suspected": look.suspected if look else None,
-                "lookahead_detail": look.reason if look else "not checked",
-            }
-            failures = []
-            if report.improvement is None or report.improvement < settings.min_improvement:
-                failures.append(f"out-of-sample improvement {_pct(report.improvement)} is below "
-                                f"minImprovement {settings.min_improvement:.0%}")
-            if dsr is None or not dsr.passed(settings.guards.min_deflated_sharpe):
-                value = "undefined" if dsr is None else f"{dsr.dsr:.3f}"
-                failures.append(f"deflated Sharpe {value} < {settings.guards.min_deflated_sharpe} "
-                                f"over {len(self.trial_sharpes)} trials")
-            if look is not None and look.suspected:
-                failures.append(f"look-ahead suspected: {look.reason}")
-            if failures:
-                report.reason = "; ".join(failures)
-                stop_reason = f"iteration {iteration} was not promoted: {report.reason}"
-                break
-            child_version = champion.version or parent_version
-            if self.store is not None:
-                child_version = self.store.register_version(
-                    self.run.name, code=self.run.code, params=candidate.params,
-                    parent_version=champion.version, source="params")
-                self._record(candidate, child_version)
-                self.store.record_optimization(
-                    strategy_name=self.run.name, parent_version=champion.version or parent_version,
-                    child_version=child_version, optimization_type="params",
-                    changes_made=json.dumps(param_diff(champion.params, candidate.params), sort_keys=True),
-                    performance_delta=report.improvement,
-                    details={"objective": settings.primary.stat, "maximize": settings.primary.maximize,
-                             "oos_start_row": self.folds[0].test.start, "in_sample": candidate.in_sample,
-                             "out_of_sample": candidate.out_of_sample, "guards": report.guards,
-                             "iteration": iteration, "trials": self.trials_done})
-            candidate.version = child_version
-            report.promoted, report.child_version = True, child_version
-            report.reason = f"beats v{champion.version} out-of-sample by {_pct(report.improvement)}"
-            children.append(child_version)
-            champion = candidate
-            if settings.target is not None and candidate.oos_score is not None and (
-                    candidate.oos_score >= settings.target if settings.primary.maximize
-                    else candidate.oos_score <= settings.target):
-                stop_reason = f"reached the target {settings.target:g}"
-                break
-        return OptimizationResult(
-            strategy_name=self.run.name, objective=settings.primary.stat, maximize=settings.primary.maximize,
-            parent=parent, best=champion, iterations=iterations, trials=self.trials_done,
-            trials_per_second=self.rate(), children=children, stop_reason=stop_reason, folds=self.folds,
-            parent_guards=parent_guards)
+            if winner is not None:
+                children.append(report.child_version or 0)
+                champion = winner
+                if mode == "llm":
+                    # New code: a fresh search around the champion's parameters.
+                    llm_failures = 0
+                    search = ParameterSearch(settings)
+                    search.enqueue(champion.params)
+                    mode = "params"
+                if settings.target is not None and champion.oos_score is not None and (
+                        champion.oos_score >= settings.target if settings.primary.maximize
+                        else champion.oos_score <= settings.target):
+                    stop_reason = f"reached the target {settings.target:g}"
+                    break
+                continue
+            if self.llm is not None and llm_failures < LLM_ATTEMPTS:
+                # Parameters stopped improving (or a proposal failed): ask the model for a code change.
+                llm_failures += mode == "llm"
+                mode = "llm"
+                if llm_failures < LLM_ATTEMPTS:
+                    continue
+            stop_reason = why
+            break
+        return result(stop_reason)
 
 
 def _pct(value: float | None) -> str:

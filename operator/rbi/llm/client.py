@@ -1,0 +1,301 @@
+"""A small, observable client for OpenAI-compatible chat completion servers.
+
+The `openai` package does the HTTP; this module does the retries itself
+(the SDK's own are switched off) so that every attempt, every backoff and
+every failure is visible to callers and tests. Failures surface as one
+`LLMError` whose `kind` says what went wrong and whose message is precise
+and never contains the API key.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import openai
+
+from rbi.errors import RbiError
+
+__all__ = ["Completion", "LLMClient", "LLMConfig", "LLMError", "LLMErrorKind"]
+
+LLMErrorKind = Literal["unreachable", "auth", "rate_limited", "timeout", "empty", "bad_response"]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+PLACEHOLDER_KEY = "not-needed"  # local servers (Ollama, vLLM) accept any key
+_SNIPPET = 200  # characters of a server's body quoted in an error message
+
+
+@dataclass(frozen=True, slots=True)
+class LLMConfig:
+    base_url: str | None
+    api_key: str | None
+    model: str
+    temperature: float = 0.2
+    max_tokens: int = 4000
+    timeout: float = 60.0
+    max_retries: int = 4
+    backoff_seconds: float = 1.0  # first retry waits about this long, then doubling
+    max_backoff_seconds: float = 20.0  # cap on any single wait, Retry-After included
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> LLMConfig | None:
+        """The configuration from OPENAI_BASE_URL, OPENAI_API_KEY and RBI_MODEL.
+
+        None when neither a base URL nor a key is set: then there is no LLM and
+        the optimizer does parameter search only. A base URL without a key is a
+        local server, which gets a placeholder key.
+        """
+        base_url = (env.get("OPENAI_BASE_URL") or "").strip() or None
+        api_key = (env.get("OPENAI_API_KEY") or "").strip() or None
+        if base_url is None and api_key is None:
+            return None
+        model = (env.get("RBI_MODEL") or "").strip() or DEFAULT_MODEL
+        return cls(base_url=base_url, api_key=api_key or PLACEHOLDER_KEY, model=model)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+    seconds: float
+
+
+class LLMError(RbiError):
+    """The LLM server could not give a usable answer."""
+
+    def __init__(self, kind: LLMErrorKind, message: str, *, attempts: int = 1, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind: LLMErrorKind = kind
+        self.attempts = attempts
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """A failed attempt that may succeed if tried again."""
+
+    kind: LLMErrorKind
+    message: str
+    status: int | None
+    retry_after: float | None
+
+
+class LLMClient:
+    """Chat completions with retries, backoff and token accounting.
+
+    Attributes `total_prompt_tokens`, `total_completion_tokens` and `calls`
+    (completions per agent name) add up every successful call; `backoffs`
+    lists every wait in seconds, in order.
+    """
+
+    def __init__(self, config: LLMConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self._sleep = sleep
+        self._openai = openai.OpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or PLACEHOLDER_KEY,
+            timeout=config.timeout,
+            max_retries=0,
+        )
+        self._lock = threading.Lock()
+        self.total_prompt_tokens = 0
+        self.total_completion_tokens = 0
+        self.calls: Counter[str] = Counter()
+        self.backoffs: list[float] = []
+
+    # ------------------------------------------------------------------ public
+
+    def complete(self, *, system: str, user: str, agent: str) -> Completion:
+        """One chat completion: the answer text and what it cost.
+
+        Retries 429, 5xx, connection errors and timeouts up to
+        `config.max_retries` times; raises LLMError otherwise.
+        """
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            outcome = self._attempt(system=system, user=user)
+            if not isinstance(outcome, _Retry):
+                text, model, prompt_tokens, completion_tokens = outcome
+                completion = Completion(
+                    text=text,
+                    model=model,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    attempts=attempts,
+                    seconds=time.monotonic() - started,
+                )
+                with self._lock:
+                    self.total_prompt_tokens += prompt_tokens
+                    self.total_completion_tokens += completion_tokens
+                    self.calls[agent] += 1
+                return completion
+            if attempts > self.config.max_retries:
+                tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+                raise LLMError(
+                    outcome.kind,
+                    self._redact(f"{outcome.message} (gave up after {tries})"),
+                    attempts=attempts,
+                    status=outcome.status,
+                )
+            delay = self._delay(attempts, outcome.retry_after)
+            with self._lock:
+                self.backoffs.append(delay)
+            self._sleep(delay)
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _attempt(self, *, system: str, user: str) -> tuple[str, str, int, int] | _Retry:
+        where = self._where()
+        try:
+            raw = self._openai.chat.completions.with_raw_response.create(
+                model=self.config.model,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                temperature=self.config.temperature,
+                max_tokens=self.config.max_tokens,
+            )
+        except openai.APITimeoutError:
+            return _Retry("timeout", f"no answer from {where} within {self.config.timeout:g} s", None, None)
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            return _Retry("unreachable", f"cannot connect to {where}: {cause}", None, None)
+        except openai.APIStatusError as exc:
+            return self._status_error(exc, where)
+        except openai.OpenAIError as exc:  # anything else the SDK raises
+            raise LLMError("bad_response", self._redact(f"{where} failed: {exc}")) from None
+        return self._read(raw.http_response.text, raw.http_response.headers.get("content-type", ""), where)
+
+    def _status_error(self, exc: openai.APIStatusError, where: str) -> _Retry:
+        status = exc.status_code
+        detail = _error_detail(exc)
+        if status in (401, 403):
+            raise LLMError(
+                "auth",
+                self._redact(
+                    f"{where} refused the API key (HTTP {status}{detail}); check OPENAI_API_KEY "
+                    "(a local server needs only OPENAI_BASE_URL)"
+                ),
+                status=status,
+            ) from None
+        retry_after = _retry_after(exc.response.headers)
+        if status == 429:
+            return _Retry("rate_limited", f"{where} is rate limiting (HTTP 429{detail})", status, retry_after)
+        if status >= 500 or status == 408:
+            return _Retry("bad_response", f"{where} failed with HTTP {status}{detail}", status, retry_after)
+        hint = ""
+        if status == 404:
+            hint = f"; check the model name (RBI_MODEL={self.config.model!r}) and OPENAI_BASE_URL (it usually ends in /v1)"
+        raise LLMError(
+            "bad_response", self._redact(f"{where} rejected the request with HTTP {status}{detail}{hint}"), status=status
+        ) from None
+
+    def _read(self, body: str, content_type: str, where: str) -> tuple[str, str, int, int]:
+        """The answer text, model and token counts from a 200 body, or LLMError."""
+
+        def bad(what: str) -> LLMError:
+            return LLMError("bad_response", self._redact(f"{where} answered HTTP 200 with {what}"), status=200)
+
+        try:
+            data: Any = json.loads(body)
+        except ValueError:
+            kind = content_type.split(";")[0].strip() or "no content type"
+            raise bad(f"a body that is not JSON ({kind}): {_snippet(body)}") from None
+        if not isinstance(data, dict):
+            raise bad(f"JSON that is not a chat completion object: {_snippet(body)}")
+        if "error" in data and "choices" not in data:
+            raise bad(f"an error object: {_snippet(json.dumps(data['error']))}")
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise bad(f"no choices in the chat completion: {_snippet(body)}")
+        first = choices[0]
+        message = first.get("message") if isinstance(first, dict) else None
+        if not isinstance(message, dict):
+            raise bad(f"a choice without a message: {_snippet(json.dumps(first))}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise bad(f"message content that is not text: {_snippet(json.dumps(content))}")
+        if content is None or not content.strip():
+            reason = first.get("finish_reason")
+            why = f" (finish_reason={reason!r})" if reason else ""
+            if reason == "length":
+                why += f"; max_tokens={self.config.max_tokens} may be too small"
+            raise LLMError("empty", self._redact(f"{where} returned an empty answer{why}"), status=200)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        model = data.get("model") if isinstance(data.get("model"), str) else self.config.model
+        return content, model, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _where(self) -> str:
+        return f"the LLM server at {self.config.base_url or 'api.openai.com'} (model {self.config.model})"
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        cap = self.config.max_backoff_seconds
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), cap)
+        base = self.config.backoff_seconds * 2 ** (attempt - 1)
+        return min(base + random.uniform(0, self.config.backoff_seconds), cap)
+
+    def _redact(self, message: str) -> str:
+        key = self.config.api_key
+        if key and key != PLACEHOLDER_KEY and len(key) >= 4:
+            message = message.replace(key, "***")
+        return message
+
+
+def _error_detail(exc: openai.APIStatusError) -> str:
+    """': <the server's message>' from an OpenAI-style error body, or a snippet of the body."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if message:
+            return f": {_snippet(str(message))}"
+    try:
+        text = exc.response.text
+    except Exception:  # a streamed or closed response
+        return ""
+    return f": {_snippet(text)}" if text.strip() else ""
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from retry-after-ms or Retry-After (seconds or an HTTP date); None when absent or unreadable."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return float(millis) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
+
+
+def _snippet(text: str) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= _SNIPPET else flat[:_SNIPPET] + "...")
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

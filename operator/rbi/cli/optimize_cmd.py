@@ -16,6 +16,7 @@ from rich.tree import Tree
 from rbi.cli.render import fmt
 from rbi.engine import LocalExecutor, PreparationFailed, prepare
 from rbi.errors import SpecError
+from rbi.llm import LLMClient, LLMConfig
 from rbi.optimize.loop import OptimizationResult, Optimizer
 from rbi.optimize.loop import Progress as LoopProgress
 from rbi.optimize.settings import parse_settings
@@ -42,6 +43,10 @@ def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, w
     frame = load_ohlcv(prepared.data_file)
     index_times = [t.isoformat() if hasattr(t, "isoformat") else str(t) for t in frame.index]
     count = workers or os.cpu_count() or 1
+    llm_config = LLMConfig.from_env()
+    llm = LLMClient(llm_config) if llm_config else None
+    if llm is None:
+        console.print("[dim]No LLM endpoint configured (OPENAI_BASE_URL / OPENAI_API_KEY): parameter search only.[/]")
     with LocalExecutor(workers=count, unsafe=unsafe) as executor:
         progress = Progress(TextColumn("[bold]iteration {task.fields[iteration]}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
@@ -57,7 +62,7 @@ def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, w
 
             optimizer = Optimizer(prepared, settings, executor=executor, store=store, n_rows=len(frame),
                                   index_times=index_times, batch_size=count * 2, on_progress=on_progress,
-                                  frame=frame)
+                                  frame=frame, llm=llm)
             result = optimizer.optimize()
         if report is not None and store is not None:
             from rbi.optimize.reporting import build_report

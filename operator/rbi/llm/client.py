@@ -196,9 +196,13 @@ class LLMClient:
             return _Retry("bad_response", f"{where} failed with HTTP {status}{detail}", status, retry_after)
         hint = ""
         if status == 404:
-            hint = f"; check the model name (RBI_MODEL={self.config.model!r}) and OPENAI_BASE_URL (it usually ends in /v1)"
+            hint = (
+                f"; check the model name (RBI_MODEL={self.config.model!r}) and OPENAI_BASE_URL (it usually ends in /v1)"
+            )
         raise LLMError(
-            "bad_response", self._redact(f"{where} rejected the request with HTTP {status}{detail}{hint}"), status=status
+            "bad_response",
+            self._redact(f"{where} rejected the request with HTTP {status}{detail}{hint}"),
+            status=status,
         ) from None
 
     def _read(self, body: str, content_type: str, where: str) -> tuple[str, str, int, int]:
@@ -232,8 +236,10 @@ class LLMClient:
             if reason == "length":
                 why += f"; max_tokens={self.config.max_tokens} may be too small"
             raise LLMError("empty", self._redact(f"{where} returned an empty answer{why}"), status=200)
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        model = data.get("model") if isinstance(data.get("model"), str) else self.config.model
+        raw_usage = data.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        raw_model = data.get("model")
+        model = raw_model if isinstance(raw_model, str) and raw_model else self.config.model
         return content, model, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
 
     # ------------------------------------------------------------------ helpers
@@ -245,7 +251,7 @@ class LLMClient:
         cap = self.config.max_backoff_seconds
         if retry_after is not None:
             return min(max(retry_after, 0.0), cap)
-        base = self.config.backoff_seconds * 2 ** (attempt - 1)
+        base = self.config.backoff_seconds * 2.0 ** (attempt - 1)
         return min(base + random.uniform(0, self.config.backoff_seconds), cap)
 
     def _redact(self, message: str) -> str:
@@ -289,7 +295,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return when.timestamp() - time.time()
+    return float(when.timestamp() - time.time())
 
 
 def _snippet(text: str) -> str:

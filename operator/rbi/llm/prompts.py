@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from rbi.errors import RbiError
@@ -90,7 +90,7 @@ def parse_prompt(name: str, text: str) -> Prompt:
     return prompt
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str) -> Prompt:
     """The packaged prompt `prompts/<name>.md`."""
     if not _NAME.match(name):

@@ -406,7 +406,8 @@ def lookahead_probe(data: pd.DataFrame, *, keep: float = 0.7,
     first row from there on which the strategy holds a position. Rows up to
     ``d`` are untouched. On row ``d + 1`` Open, High and Low stay (honest
     orders fill at them) and Close moves to the end of the bar's range on the
-    other side of ``Close[d]`` from where it really closed. The next `horizon`
+    other side of ``Close[d]`` from where it really closed (as far as the range
+    reaches: a bar that gapped clean past ``Close[d]`` cannot reverse). The next `horizon`
     rows are mirrored in log price about ``Close[d]`` (``x -> Close[d]² / x``
     for O/H/L/C, High and Low swapped), so every later close lies on the other
     side of ``Close[d]`` too; Volume is mirrored about ``Volume[d]`` the same

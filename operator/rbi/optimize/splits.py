@@ -55,6 +55,8 @@ __all__ = [
     "MIN_TEST_ROWS",
     "MIN_TRAIN_ROWS",
     "Fold",
+    "Method",
+    "Mode",
     "ValidationSpec",
     "Window",
     "make_folds",

@@ -1,0 +1,1 @@
+"""Parameter optimisation: search in-sample, validate out-of-sample, guard against overfitting."""

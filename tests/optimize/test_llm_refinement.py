@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from tests.llm.fake_openai import Reply, ScriptedOpenAI
+
 from rbi.engine import LocalExecutor, prepare
 from rbi.llm import LLMClient
 from rbi.optimize.loop import Optimizer
@@ -12,7 +14,6 @@ from rbi.optimize.settings import parse_settings
 from rbi.prepare.data import load_ohlcv
 from rbi.spec import StrategySpec
 from rbi.store import ResultStore
-from tests.llm.fake_openai import Reply, ScriptedOpenAI
 
 # Churns a position every bar: commissions eat it alive. Any sane change beats it out-of-sample.
 CHURN = textwrap.dedent("""

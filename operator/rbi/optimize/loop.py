@@ -193,7 +193,10 @@ class Optimizer:
             cut = self.train.start + int((self.train.end - self.train.start) * LOOKAHEAD_KEEP)
             truncated = self.executor.execute(replace(job.on_rows(self.train.start, cut, include_series=True),
                                                       max_trades=ALL_TRADES))
-            cut_time: Any = self.index_times[cut - 1]
+            # With trade_on_close and finalize_trades, backtesting.py books the final forced close one bar
+            # earlier, so the last comparable bar moves back by one (measured: false positives otherwise).
+            back = 2 if self.run.backtest.get("trade_on_close") else 1
+            cut_time: Any = self.index_times[max(self.train.start, cut - back)]
         else:
             window = self.frame.iloc[self.train.start:self.train.end]
             probe = guards.lookahead_probe(window, keep=LOOKAHEAD_KEEP, full_trades=full.trades,

@@ -157,3 +157,51 @@ def test_deflated_sharpe_guard_is_reported_and_enforced(
         assert dsr is None or 0.0 <= dsr <= 1.0
         assert not iteration.promoted and "deflated Sharpe" in iteration.reason
     assert result.children == []
+
+
+class _CrashingStore:
+    """The real store, until the optimiser records a trial of iteration 2: then the process 'dies'."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def record_trial(self, **fields: Any) -> int:
+        if fields["iteration"] >= 2:
+            raise RuntimeError("simulated crash in the middle of iteration 2")
+        return self._store.record_trial(**fields)
+
+
+def test_a_crash_mid_loop_resumes_without_losing_or_duplicating(
+        tmp_path: Path, executor: LocalExecutor, index_times: list[str], frame: Any) -> None:
+    store = ResultStore(f"sqlite:///{tmp_path / 'rbi.db'}")
+    store.migrate()
+    # fast=2/slow=3 churns on noise and pays commission every few bars: the grid's other corner wins clearly.
+    settings = parse_settings({"objective": "return_pct", "method": "grid", "maxTrials": 4, "maxIterations": 3,
+                               "minImprovement": 0.0, "guards": {"minDeflatedSharpe": 0.0},
+                               "space": {"fast": [2, 10, 20], "slow": [3, 100, 200]}, "seed": 5})
+    run = prepare(StrategySpec(name="resume", code=HONEST, mode="class", params={"fast": 2, "slow": 3}))
+
+    def optimizer(target: Any) -> Optimizer:
+        return Optimizer(run, settings, executor=executor, store=target, n_rows=len(index_times),
+                         index_times=index_times, batch_size=4, frame=frame)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        optimizer(_CrashingStore(store)).optimize()
+    before_versions = store.versions("resume")
+    before_lineage = store.lineage("resume")
+    assert before_lineage, "iteration 1 should have promoted a child before the crash"
+    promoted = before_lineage[-1].child_version
+
+    result = optimizer(store).optimize()
+    assert result.resumed_from == promoted
+    assert result.iterations[0].iteration == 2
+    versions = store.versions("resume")
+    keys = [(v.code_hash, json.dumps(v.params, sort_keys=True)) for v in versions]
+    assert len(keys) == len(set(keys)), "a version was registered twice"
+    assert [v.version for v in versions][: len(before_versions)] == [v.version for v in before_versions]
+    edges = [(e.parent_version, e.child_version, e.optimization_type) for e in store.lineage("resume")]
+    assert len(edges) == len(set(edges)), "a lineage row was duplicated"
+    assert result.best.version is not None and result.best.version >= promoted

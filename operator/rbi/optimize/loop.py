@@ -93,6 +93,7 @@ class OptimizationResult:
     folds: list[splits.Fold]
     parent_guards: dict[str, Any] = field(default_factory=dict)
     llm: str = "not configured: parameter search only"
+    resumed_from: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class OptimizationResult:
             "iterations": [i.to_json() for i in self.iterations], "trials": self.trials,
             "trials_per_second": self.trials_per_second, "children": self.children,
             "stop_reason": self.stop_reason, "llm": self.llm, "parent_guards": self.parent_guards,
+            "resumed_from": self.resumed_from,
             "validation": [{"train": [f.train.start, f.train.end], "test": [f.test.start, f.test.end]}
                            for f in self.folds],
         }
@@ -418,6 +420,30 @@ class Optimizer:
         report.reason = f"{proposal.rationale} — {report.reason}"
         return report, candidate, ""
 
+    def _resume_point(self, parent_version: int) -> tuple[int, str, dict[str, Any]] | None:
+        """The newest descendant of `parent_version` in the stored lineage, if any."""
+        if self.store is None:
+            return None
+        children: dict[int, list[int]] = {}
+        for edge in self.store.lineage(self.run.name):
+            children.setdefault(edge.parent_version, []).append(edge.child_version)
+        version, seen = parent_version, {parent_version}
+        while children.get(version):
+            version = max(children[version])
+            if version in seen:
+                break
+            seen.add(version)
+        if version == parent_version:
+            return None
+        record = next((v for v in self.store.versions(self.run.name) if v.version == version), None)
+        return None if record is None else (version, record.code, dict(record.params))
+
+    def _next_iteration(self) -> int:
+        if self.store is None:
+            return 1
+        done = [t.iteration for t in self.store.trials(self.run.name)]
+        return max(done, default=0) + 1
+
     def optimize(self) -> OptimizationResult:
         settings = self.settings
         parent_version = 1
@@ -427,6 +453,12 @@ class Optimizer:
         parent.version = parent_version
         self._record(parent, parent_version)
         champion = parent
+        resumed = self._resume_point(parent_version)
+        if resumed is not None:
+            # A previous run of this optimisation was interrupted: carry on from its last promoted child.
+            version, code, params = resumed
+            champion = self.evaluate(params, series=True, code=code)
+            champion.version = version
         iterations: list[IterationReport] = []
         children: list[int] = []
         parent_guards: dict[str, Any] = {}
@@ -436,7 +468,8 @@ class Optimizer:
                 strategy_name=self.run.name, objective=settings.primary.stat, maximize=settings.primary.maximize,
                 parent=parent, best=champion, iterations=iterations, trials=self.trials_done,
                 trials_per_second=self.rate(), children=children, stop_reason=stop_reason, folds=self.folds,
-                parent_guards=parent_guards, llm=self.llm_description)
+                parent_guards=parent_guards, llm=self.llm_description,
+                resumed_from=resumed[0] if resumed is not None else None)
 
         if settings.guards.lookahead_check:
             # Optimising a strategy that already peeks at future bars would only polish the leak.
@@ -446,11 +479,12 @@ class Optimizer:
             if look is not None and look.suspected:
                 return result(f"look-ahead suspected in v{parent_version} itself, not optimised: {look.reason}")
         search = ParameterSearch(settings)
-        search.enqueue(parent.params)
+        search.enqueue(champion.params)
         mode, llm_failures = "params", 0
         tried: list[str] = []
         stop_reason = f"reached maxIterations ({settings.max_iterations})"
-        for iteration in range(1, settings.max_iterations + 1):
+        first = self._next_iteration()
+        for iteration in range(first, first + settings.max_iterations):
             if mode == "params":
                 report, winner, why = self._params_round(search, iteration, champion)
             else:

@@ -602,8 +602,22 @@ class ResultStore:
         performance_delta: float | None,
         details: dict[str, Any] | None = None,
     ) -> int:
-        """Store one lineage step (parent -> child); returns its id."""
+        """Store one lineage step (parent -> child); returns its id.
+
+        Idempotent per (parent, child, type): an optimisation rerun after a crash that
+        promotes the same child again returns the existing row instead of a duplicate.
+        """
         with self._guard(f"record an optimization of {strategy_name!r}"), self._writing() as session:
+            existing = session.scalars(
+                select(OptimizationHistory).where(
+                    OptimizationHistory.strategy_name == strategy_name,
+                    OptimizationHistory.parent_version == parent_version,
+                    OptimizationHistory.child_version == child_version,
+                    OptimizationHistory.optimization_type == optimization_type,
+                )
+            ).first()
+            if existing is not None:
+                return existing.id
             row = OptimizationHistory(
                 strategy_name=strategy_name,
                 parent_version=parent_version,

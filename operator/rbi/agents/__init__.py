@@ -1,0 +1,1 @@
+"""Agents that prepare, run and repair generated strategies; deterministic fixers live in `fixers`."""

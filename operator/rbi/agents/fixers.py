@@ -16,6 +16,7 @@ same, and running a fixer twice changes nothing the second time.
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import re
 import warnings
@@ -165,16 +166,20 @@ def _insert_helper(code: str, marker: str, helper: str) -> str:
     return prefix + lead + helper.rstrip("\n") + "\n\n\n" + code[position:].lstrip("\n")
 
 
+def _by_line(fixes: list[Fix]) -> list[Fix]:
+    return sorted(fixes, key=lambda f: (f.line is None, f.line or 0))
+
+
 def _iterate(code: str, step: Callable[[str], tuple[list[_Edit], list[Fix]]], passes: int = 8) -> tuple[str, list[Fix]]:
     """Run an edit step until it finds nothing more (nested matches need several passes)."""
     fixes: list[Fix] = []
     for _ in range(passes):
         edits, found = step(code)
         if not edits:
-            fixes.extend(f for f in found if f not in fixes)
+            fixes.extend(f for f in _by_line(found) if f not in fixes)
             break
         new = _apply(code, edits)
-        fixes.extend(f for f in found if f not in fixes)
+        fixes.extend(f for f in _by_line(found) if f not in fixes)
         if new == code:
             break
         code = new
@@ -812,17 +817,44 @@ def fix_unused_imports(code: str) -> tuple[str, list[Fix]]:
 # --------------------------------------------------------------------------- entry points
 
 
+def _line_map(old: str, new: str) -> Callable[[int | None], int | None]:
+    """Maps a line of `new` to the line of `old` it came from (inserted lines map to where they went in)."""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    table: dict[int, int] = {}
+    matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        for j in range(j1, j2):
+            if tag == "equal":
+                table[j + 1] = i1 + (j - j1) + 1
+            elif tag == "replace":
+                table[j + 1] = i1 + min(j - j1, i2 - i1 - 1) + 1
+            else:
+                table[j + 1] = min(i1 + 1, max(len(old_lines), 1))
+
+    def back(line: int | None) -> int | None:
+        return table.get(line, line) if line is not None else None
+
+    return back
+
+
 def _run(code: str, fixers: Iterable[Fixer]) -> FixResult:
+    """Run fixers in turn; every Fix.line is translated back to a line of the original code."""
     fixes: list[Fix] = []
     original = code
     if _parse(code) is None:
         return FixResult(code, (), original)
+    to_original: list[Callable[[int | None], int | None]] = []
     for fixer in fixers:
         new, found = fixer(code)
         if new != code and _parse(new) is None:  # a fixer must never break the code
             continue
-        if new != code or found:
-            fixes.extend(found)
+        for fix in found:
+            line = fix.line
+            for back in reversed(to_original):
+                line = back(line)
+            fixes.append(Fix(fix.fixer, line, fix.description))
+        if new != code:
+            to_original.append(_line_map(code, new))
         code = new
     return FixResult(code, tuple(fixes), original)
 
@@ -833,7 +865,7 @@ def package(code: str) -> FixResult:
 
 
 _SIZE_MESSAGE = "size must be a positive fraction"
-_MISSING_COLUMN = re.compile(r"""(?:KeyError: |Column )['"]([^'"]+)['"]""")
+_QUOTED = re.compile(r"""['"]([A-Za-z_ ]+)['"]""")
 
 
 def fix_for_failure(code: str, *, error_type: str, message: str, line: int | None) -> FixResult:
@@ -851,10 +883,12 @@ def fix_for_failure(code: str, *, error_type: str, message: str, line: int | Non
         fixers.append(fix_freq_alias)
     if "'Position' object has no attribute" in message:
         fixers.append(fix_entry_price)
-    column = _MISSING_COLUMN.search(message)
-    if column and _canonical(column.group(1)) and ("KeyError" in message or "not in data" in message):
-        missing = column.group(1)
-        fixers.append(lambda c: fix_column_names(c, missing=missing))
+    if "KeyError" in message or "not in data" in message:
+        # `KeyError: 'Close'`, `Column 'close' not in data`, `"None of [Index(['Open', ...])] are in the [columns]"`
+        columns = [q for q in _QUOTED.findall(message) if _canonical(q)]
+        if columns:
+            missing = columns[0]
+            fixers.append(lambda c: fix_column_names(c, missing=missing))
     if error_type in ("import_error", "validation_error"):
         if "pandas_ta" in message:
             fixers.append(fix_pandas_ta)

@@ -147,6 +147,14 @@ def _exits_within(pidfd: int, seconds: float) -> bool:
     return bool(poller.poll(int(seconds * 1000)))
 
 
+_pending_cleanup: list[cgroups.RunCgroup] = []
+
+
+def _clean_up_cgroups() -> None:
+    while _pending_cleanup:
+        _pending_cleanup.pop().remove()
+
+
 def _kill(pid: int | None) -> None:
     if pid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -224,7 +232,8 @@ def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, use_
         report["cgroup"] = {"peak_memory": group.peak_memory(), "oom_killed": group.oom_killed(),
                             "pids_limit_hit": group.pids_limit_hit()}
         group.kill_all()
-        group.remove()
+        # rmdir waits until the kernel has released the run's last task; do that after answering.
+        _pending_cleanup.append(group)
     report["id"] = request["id"]
     return report
 
@@ -364,6 +373,7 @@ def main() -> int:
         except Exception as exc:
             response = {"id": request.get("id"), "worker_error": f"{type(exc).__name__}: {exc}"}
         protocol.write_frame(proto_out, response)
+        _clean_up_cgroups()
 
 
 if __name__ == "__main__":

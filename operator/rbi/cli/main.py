@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -31,9 +33,22 @@ def _store(db: str | None) -> Any:
     return store
 
 
-def _die(message: str, code: int) -> None:
+def _die(message: str, code: int) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}")
     sys.exit(code)
+
+
+@contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Every error rbi knows about becomes one line and an exit code, never a traceback."""
+    try:
+        yield
+    except StoreError as exc:
+        _die(f"results store: {exc}", EXIT_STORE)
+    except SandboxUnavailable as exc:
+        _die(str(exc), EXIT_SANDBOX)
+    except (LookupError, RbiError) as exc:  # SpecError, DataError, PreparationFailed's cousins
+        _die(str(exc), EXIT_USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,21 +91,13 @@ def run(paths: tuple[Path, ...], data: Path | None, params: tuple[str, ...], mod
     """Run strategies: BacktestStrategy YAML, a Python file, or a raw LLM answer."""
     from rbi.cli.commands import run_paths
 
-    try:
+    with _clean_errors():
         outcomes = run_paths(
             paths, data=data, params=_parse_param(params), mode=mode,
             limit_overrides={"cpu": cpu, "memory": memory, "disk": disk, "timeout": timeout},
             workers=workers, store=None if no_store else _store(db), as_json=as_json,
             static_checks=not skip_static_checks, unsafe=unsafe_no_sandbox, console=console, out=out,
         )
-    except SpecError as exc:
-        _die(str(exc), EXIT_USAGE)
-    except StoreError as exc:
-        _die(f"results store: {exc}", EXIT_STORE)
-    except SandboxUnavailable as exc:
-        _die(str(exc), EXIT_SANDBOX)
-    except RbiError as exc:
-        _die(str(exc), EXIT_USAGE)
     if any(o.status is Status.FAILED for o in outcomes):
         sys.exit(EXIT_FAILED_RUN)
 
@@ -137,12 +144,8 @@ def show(name: str, as_json: bool, db: str | None) -> None:
     """Show one strategy's versions and their latest figures."""
     from rbi.cli.commands import show_strategy
 
-    try:
+    with _clean_errors():
         show_strategy(_store(db), name, as_json=as_json, out=out)
-    except StoreError as exc:
-        _die(f"results store: {exc}", EXIT_STORE)
-    except LookupError as exc:
-        _die(str(exc), EXIT_USAGE)
 
 
 @cli.command()
@@ -168,17 +171,9 @@ def optimize(path: Path, method: str | None, objectives: tuple[str, ...], max_tr
 
     overrides = {"method": method, "objective": list(objectives) or None, "maxTrials": max_trials,
                  "maxIterations": max_iterations, "minImprovement": min_improvement, "seed": seed}
-    try:
+    with _clean_errors():
         optimize_path(path, overrides=overrides, data=data, workers=workers, store=_store(db), as_json=as_json,
                       unsafe=unsafe_no_sandbox, console=console, out=out, report=report)
-    except SpecError as exc:
-        _die(str(exc), EXIT_USAGE)
-    except StoreError as exc:
-        _die(f"results store: {exc}", EXIT_STORE)
-    except SandboxUnavailable as exc:
-        _die(str(exc), EXIT_SANDBOX)
-    except RbiError as exc:
-        _die(str(exc), EXIT_USAGE)
 
 
 @cli.command()
@@ -188,12 +183,8 @@ def lineage(name: str, db: str | None) -> None:
     """Print a strategy's version tree with each version's figures and deltas."""
     from rbi.cli.optimize_cmd import lineage_tree
 
-    try:
+    with _clean_errors():
         out.print(lineage_tree(_store(db), name))
-    except StoreError as exc:
-        _die(f"results store: {exc}", EXIT_STORE)
-    except LookupError as exc:
-        _die(str(exc), EXIT_USAGE)
 
 
 @cli.command()
@@ -209,18 +200,13 @@ def report(name: str, out_file: Path | None, spec_path: Path | None, data: Path 
     from rbi.cli.optimize_cmd import report_for
     from rbi.engine import PreparationFailed
 
-    try:
-        written = report_for(_store(db), name, path=spec_path, data=data,
-                             out_file=out_file or Path(f"{name}-report.html"), unsafe=unsafe_no_sandbox,
-                             console=console)
-    except StoreError as exc:
-        _die(f"results store: {exc}", EXIT_STORE)
-    except (LookupError, PreparationFailed) as exc:
-        _die(str(exc), EXIT_USAGE)
-    except SandboxUnavailable as exc:
-        _die(str(exc), EXIT_SANDBOX)
-    except RbiError as exc:
-        _die(str(exc), EXIT_USAGE)
+    with _clean_errors():
+        try:
+            written = report_for(_store(db), name, path=spec_path, data=data,
+                                 out_file=out_file or Path(f"{name}-report.html"), unsafe=unsafe_no_sandbox,
+                                 console=console)
+        except PreparationFailed as exc:
+            _die(f"the strategy cannot run: {exc}", EXIT_USAGE)
     out.print(f"report written to {written}")
 
 

@@ -19,6 +19,7 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/rbi sandbox check
 	$(BIN)/rbi run examples/strategies/sma_cross.yaml examples/strategies/rsi_script.py examples/strategies/llm_answer.md
+	$(BIN)/rbi run --fix examples/strategies/needs_fixes.py
 	$(BIN)/rbi results --limit 10
 
 test: setup

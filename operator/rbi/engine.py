@@ -205,3 +205,41 @@ class LocalExecutor:
 
 
 __all__ = ["LocalExecutor", "PreparationFailed", "PreparedRun", "SandboxUnavailable", "prepare"]
+
+
+MAX_FIX_ROUNDS = 4
+FIXABLE = {FailureClass.RUNTIME_ERROR, FailureClass.IMPORT_ERROR, FailureClass.DATA_ERROR,
+           FailureClass.VALIDATION_ERROR}
+
+
+def execute_with_fixes(executor: LocalExecutor, run: PreparedRun) -> tuple[RunOutcome, PreparedRun]:
+    """Package the code, run it, and on a known failure apply the matching fixer and run once more.
+
+    Only deterministic rewrites of known failure patterns (rbi.agents.fixers); the strategy's
+    logic is never changed. Returns the outcome and the run that produced it (its code may differ).
+    """
+    from rbi.agents.fixers import fix_for_failure, package
+
+    applied: list[dict[str, Any]] = []
+    packaged = package(run.code)
+    if packaged.changed and not _static_violations(packaged.code):
+        run = replace(run, code=packaged.code)
+        applied += [{"fixer": f.fixer, "line": f.line, "description": f.description} for f in packaged.fixes]
+    outcome = executor.execute(run)
+    # Generated code often fails in several known ways, one after the other: fix, rerun, repeat.
+    for _ in range(MAX_FIX_ROUNDS):
+        if outcome.error is None or outcome.error.type not in FIXABLE:
+            break
+        repaired = fix_for_failure(run.code, error_type=str(outcome.error.type), message=outcome.error.message,
+                                   line=outcome.error.line)
+        if not repaired.changed or _static_violations(repaired.code):
+            break
+        run = replace(run, code=repaired.code)
+        applied += [{"fixer": f.fixer, "line": f.line, "description": f.description} for f in repaired.fixes]
+        outcome = executor.execute(run)
+    outcome.fixes = applied
+    return outcome, run
+
+
+def _static_violations(code: str) -> bool:
+    return bool(check_code(code))

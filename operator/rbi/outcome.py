@@ -64,6 +64,8 @@ class RunOutcome:
     version: int = 1
     mode: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # Deterministic repairs applied before this run (`rbi run --fix`): {fixer, line, description}.
+    fixes: list[dict[str, Any]] = field(default_factory=list)
     # Series for reports (equity curve, trades); not part of the stable JSON keys.
     equity_curve: list[list[Any]] | None = None
     trades: list[dict[str, Any]] | None = None

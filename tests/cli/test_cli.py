@@ -116,3 +116,20 @@ def test_sandbox_check_reports_primitives(db: Path) -> None:
     names = {c["name"] for c in report["checks"]}
     assert any("seccomp" in n for n in names) and any("namespaces" in n for n in names)
     assert report["ok"] is (result.returncode == 0)
+
+
+def test_fix_repairs_known_failures_of_generated_code(db: Path) -> None:
+    broken = EXAMPLES / "needs_fixes.py"
+    plain = rbi("run", "--json", str(broken), db=db)
+    (failed,) = json_lines(plain.stdout)
+    assert failed["status"] == "failed" and failed["error"]["type"] == "runtime_error"
+    assert "size must be" in failed["error"]["message"]
+
+    fixed = rbi("run", "--json", "--fix", str(broken), db=db)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    (run,) = json_lines(fixed.stdout)
+    assert run["status"] == "succeeded" and run["stats"]["num_trades"] > 0
+    assert [f["fixer"] for f in run["fixes"]] == ["position_size", "entry_price"]
+    # The stored version is the code that ran, not the broken original.
+    shown = json.loads(rbi("show", "needs-fixes", "--json", db=db).stdout)
+    assert shown[-1]["code_hash"] == run["code_hash"] != failed["code_hash"]

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rbi.cli.render import fmt, outcome_panel
-from rbi.engine import LocalExecutor, PreparationFailed, PreparedRun, prepare
+from rbi.engine import LocalExecutor, PreparationFailed, PreparedRun, execute_with_fixes, prepare
 from rbi.errors import SpecError
 from rbi.outcome import RunOutcome
 from rbi.spec import StrategySpec, load_spec
@@ -41,7 +41,8 @@ def _store_outcome(store: Any, spec: StrategySpec, outcome: RunOutcome, prepared
 
 def run_paths(paths: tuple[Path, ...], *, data: Path | None, params: dict[str, Any], mode: str | None,
               limit_overrides: dict[str, Any], workers: int | None, store: Any, as_json: bool,
-              static_checks: bool, unsafe: bool, console: Console, out: Console) -> list[RunOutcome]:
+              static_checks: bool, unsafe: bool, console: Console, out: Console,
+              fix: bool = False) -> list[RunOutcome]:
     specs = [_spec_for(p, mode=mode, params=params, limit_overrides=limit_overrides) for p in paths]
     prepared: list[PreparedRun | PreparationFailed] = []
     for spec in specs:
@@ -56,15 +57,22 @@ def run_paths(paths: tuple[Path, ...], *, data: Path | None, params: dict[str, A
     executor = LocalExecutor(workers=count, unsafe=unsafe)
     try:
         results: dict[int, RunOutcome] = {}
+        codes: dict[int, str] = {}
         if runnable:
             label = f"running {len(runnable)} strateg{'y' if len(runnable) == 1 else 'ies'} in the sandbox"
             with console.status(label, spinner="dots"):
-                for job, finished in zip(runnable, executor.execute_many(runnable), strict=True):
-                    results[id(job)] = finished
+                if fix:
+                    for job in runnable:
+                        results[id(job)], fixed = execute_with_fixes(executor, job)
+                        codes[id(job)] = fixed.code
+                else:
+                    for job, finished in zip(runnable, executor.execute_many(runnable), strict=True):
+                        results[id(job)] = finished
         for spec, item in zip(specs, prepared, strict=True):
             ready = item if isinstance(item, PreparedRun) else None
             if isinstance(item, PreparedRun):
-                outcome, code = results[id(item)], item.code
+                # With --fix, the version stored is the code that actually ran.
+                outcome, code = results[id(item)], codes.get(id(item), item.code)
             else:
                 outcome, code = item.outcome, spec.code
             run_id = _store_outcome(store, spec, outcome, ready, code)

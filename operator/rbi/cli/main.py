@@ -85,9 +85,10 @@ def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--no-store", is_flag=True, help="Do not write results to the store.")
 @click.option("--skip-static-checks", is_flag=True, help="Skip the AST checks (the OS sandbox still applies).")
 @click.option("--unsafe-no-sandbox", is_flag=True, help="Run without isolation where the sandbox is missing.")
+@click.option("--fix", is_flag=True, help="Apply deterministic repairs of known generated-code failures.")
 def run(paths: tuple[Path, ...], data: Path | None, params: tuple[str, ...], mode: str | None, cpu: str | None,
         memory: str | None, disk: str | None, timeout: float | None, workers: int | None, as_json: bool,
-        db: str | None, no_store: bool, skip_static_checks: bool, unsafe_no_sandbox: bool) -> None:
+        db: str | None, no_store: bool, skip_static_checks: bool, unsafe_no_sandbox: bool, fix: bool) -> None:
     """Run strategies: BacktestStrategy YAML, a Python file, or a raw LLM answer."""
     from rbi.cli.commands import run_paths
 
@@ -96,7 +97,7 @@ def run(paths: tuple[Path, ...], data: Path | None, params: tuple[str, ...], mod
             paths, data=data, params=_parse_param(params), mode=mode,
             limit_overrides={"cpu": cpu, "memory": memory, "disk": disk, "timeout": timeout},
             workers=workers, store=None if no_store else _store(db), as_json=as_json,
-            static_checks=not skip_static_checks, unsafe=unsafe_no_sandbox, console=console, out=out,
+            static_checks=not skip_static_checks, unsafe=unsafe_no_sandbox, console=console, out=out, fix=fix,
         )
     if any(o.status is Status.FAILED for o in outcomes):
         sys.exit(EXIT_FAILED_RUN)

@@ -61,6 +61,9 @@ def outcome_panel(name: str, outcome: RunOutcome) -> Panel:
         if outcome.status is Status.NO_TRADES:
             parts.append(Text("The strategy never traded: check entry conditions, indicator warm-up, "
                               "and position size (cash too small for one whole unit?).", style="yellow"))
+    for applied in outcome.fixes:
+        where = f" (line {applied['line']})" if applied.get("line") else ""
+        parts.append(Text(f"fixed {applied['fixer']}{where}: {applied['description']}", style="cyan"))
     memory_mib = (outcome.peak_memory_bytes or 0) / 2**20
     footer = (f"{outcome.execution_time:.2f} s · peak memory {memory_mib:.0f} MiB · mode {outcome.mode}"
               f" · code {outcome.code_hash[:12]}")

@@ -48,6 +48,8 @@ SANDBOX_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "NUMEXPR_NUM_THREADS": "1",
+    # backtesting.py draws tqdm progress bars on stderr; nobody watches them inside a sandbox.
+    "TQDM_DISABLE": "1",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -71,19 +72,35 @@ def outcome_panel(name: str, outcome: RunOutcome) -> Panel:
     return Panel(Group(*parts), title=title, title_align="left")
 
 
-def runs_table(records: list[Any], *, title: str = "Stored runs") -> Table:
-    table = Table(title=title)
-    for column, justify in (("id", "right"), ("strategy", "left"), ("ver", "right"), ("status", "left"),
-                            ("return %", "right"), ("sharpe", "right"), ("max dd %", "right"),
-                            ("win %", "right"), ("trades", "right"), ("error", "left"), ("when", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+def _short(value: Any) -> str:
+    """Numbers for a narrow table: one decimal, no thousands noise below 10k."""
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return fmt(value)
+
+
+def runs_table(records: list[Any], *, title: str = "Stored runs", width: int = 120) -> Table:
+    """The stored runs; on a narrow terminal the timestamp column is left out rather than squeezing the figures."""
+    wide = width >= 100
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("strategy", overflow="fold", min_width=10, ratio=1)
+    table.add_column("v", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for label in ("ret %", "sharpe", "max dd %", "trades"):
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("error", overflow="fold", min_width=16)
+    if wide:
+        table.add_column("when (UTC)", no_wrap=True)
     for record in records:
         style = {"succeeded": "green", "no_trades": "yellow", "failed": "red"}.get(record.status, "")
         error = ""
         if record.error_type:
-            error = record.error_type + (f" @{record.error_line}" if record.error_line else "")
-        table.add_row(str(record.id), record.strategy_name, str(record.version), Text(record.status, style=style),
-                      fmt(record.total_return), fmt(record.sharpe_ratio), fmt(record.max_drawdown),
-                      fmt(record.win_rate), fmt(record.num_trades), error,
-                      record.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+            error = record.error_type + (f"@{record.error_line}" if record.error_line else "")
+        cells = [str(record.id), record.strategy_name, str(record.version), Text(record.status, style=style),
+                 _short(record.total_return), _short(record.sharpe_ratio), _short(record.max_drawdown),
+                 fmt(record.num_trades), error]
+        if wide:
+            cells.append(record.created_at.strftime("%Y-%m-%d %H:%M"))
+        table.add_row(*cells)
     return table

@@ -118,7 +118,9 @@ def _code_line(tb: types.TracebackType | None, code_path: str) -> int | None:
 def _is_data_problem(exc: BaseException) -> bool:
     text = str(exc)
     if isinstance(exc, FileNotFoundError):
-        return True
+        # A missing data file is the dataset's problem; any other missing file is the code's.
+        filename = str(getattr(exc, "filename", "") or "").lower()
+        return filename.endswith(_DATA_SUFFIXES) or "dataset" in text
     if isinstance(exc, KeyError) and any(c in text for c in ("Open", "High", "Low", "Close", "Volume",
                                                               "open", "high", "low", "close")):
         return True

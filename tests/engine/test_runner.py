@@ -89,6 +89,8 @@ def test_repeated_warnings_are_collapsed(tmp_path: Path, frame: Any, capsys: pyt
     ("x = bytearray(1)\nraise MemoryError()\n", "memory_limit", 2, "MemoryError"),
     ("import errno\nraise OSError(errno.ENOSPC, 'No space left on device')\n", "disk_limit", 2, "OSError"),
     ("x = 1\n", "runtime_error", None, "LookupError"),
+    ("import pandas as pd\ndf = pd.read_csv('/nowhere/prices.csv')\n", "data_error", 2, "FileNotFoundError"),
+    ("open('/nowhere/config.json').read()\n", "runtime_error", 1, "FileNotFoundError"),
 ])
 def test_failures_are_classified_with_lines(tmp_path: Path, frame: Any, code: str, kind: str, line: int | None,
                                             detail: str | None) -> None:

@@ -120,6 +120,8 @@ class WorkerPool:
         self._closed = False
         self._started = 0
         self._spawning = 0
+        # Every live worker, idle or busy: close() must also stop the ones still running a strategy.
+        self._workers: set[Worker] = set()
         self.info: dict[str, Any] = {}
         self._counter = 0
         self.unsafe = unsafe
@@ -138,6 +140,7 @@ class WorkerPool:
             raise SandboxUnavailable(f"could not start a sandbox worker: {exc}") from exc
         with self._lock:
             self._started += 1
+            self._workers.add(worker)
         return worker
 
     def _acquire(self) -> Worker:
@@ -168,19 +171,28 @@ class WorkerPool:
             worker.kill()
             with self._lock:
                 self._started -= 1
+                self._workers.discard(worker)
             return {"id": message["id"], "worker_error": f"sandbox worker failed: {type(exc).__name__}: {exc}",
                     "wall_time": time.monotonic() - started}
         self._idle.put(worker)
         return response
 
     def close(self) -> None:
+        """Idle workers exit cleanly; a worker still busy (Ctrl-C mid-run) is killed with its run."""
         self._closed = True
+        idle: list[Worker] = []
         while True:
             try:
-                worker = self._idle.get_nowait()
+                idle.append(self._idle.get_nowait())
             except queue.Empty:
                 break
+        for worker in idle:
             worker.close()
+        with self._lock:
+            busy = [w for w in self._workers if w not in idle]
+            self._workers.clear()
+        for worker in busy:
+            worker.kill()
 
     def __enter__(self) -> WorkerPool:
         return self

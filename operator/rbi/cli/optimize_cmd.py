@@ -69,7 +69,7 @@ def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, w
 
             with console.status("writing the report"):
                 written = build_report(store, prepared.name, run=prepared, executor=executor, out=report,
-                                       index_times=index_times)
+                                       index_times=index_times, oos_start_row=result.folds[0].test.start)
             console.print(f"report: {written}")
     if as_json:
         out.print(json.dumps(result.to_json(), default=str), soft_wrap=True, highlight=False, markup=False)

@@ -30,7 +30,7 @@ def _chain_root(edges: dict[int, Any], version: int) -> int:
 
 
 def build_report(store: Any, name: str, *, run: PreparedRun, executor: LocalExecutor, out: Path,
-                 index_times: list[str] | None = None) -> Path:
+                 index_times: list[str] | None = None, oos_start_row: int | None = None) -> Path:
     versions = {v.version: v for v in store.versions(name)}
     if not versions:
         raise LookupError(f"no stored strategy named {name!r}; see `rbi results`")
@@ -53,7 +53,8 @@ def build_report(store: Any, name: str, *, run: PreparedRun, executor: LocalExec
 
     trials = store.trials(name)
     names = sorted({key for t in trials for key in t.params})
-    oos_row = details.get("oos_start_row")
+    # The promoted child's record knows where out-of-sample began; a run that promoted nothing is told.
+    oos_row = details.get("oos_start_row", oos_start_row)
     known_row = index_times is not None and isinstance(oos_row, int) and 0 <= oos_row < len(index_times)
     oos_start = index_times[oos_row] if known_row and index_times is not None and isinstance(oos_row, int) else None
     data = ReportData(

@@ -12,7 +12,9 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from rbi.sandbox import linux
+
+_libc = linux.libc
 
 _SYS_CREATE_RULESET = 444
 _SYS_ADD_RULE = 445
@@ -102,10 +104,8 @@ def restrict_self(rules: Iterable[PathRule]) -> int:
         # Signals and abstract sockets only reach processes inside the same domain.
         attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
         size = 24
-    ruleset_fd = int(_libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0))
-    if ruleset_fd < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"landlock_create_ruleset: {os.strerror(errno)}")
+    ruleset_fd = linux.check(int(_libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)),
+                             "landlock_create_ruleset")
     try:
         for rule in rules:
             try:
@@ -117,15 +117,11 @@ def restrict_self(rules: Iterable[PathRule]) -> int:
                 if not os.path.isdir(rule.path):
                     access &= _FILE_ONLY_RIGHTS
                 beneath = _PathBeneathAttr(access, fd)
-                result = int(_libc.syscall(_SYS_ADD_RULE, ruleset_fd, _RULE_PATH_BENEATH, ctypes.byref(beneath), 0))
-                if result < 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"landlock_add_rule {rule.path}: {os.strerror(errno)}")
+                linux.check(int(_libc.syscall(_SYS_ADD_RULE, ruleset_fd, _RULE_PATH_BENEATH, ctypes.byref(beneath), 0)),
+                            f"landlock_add_rule {rule.path}")
             finally:
                 os.close(fd)
-        if int(_libc.syscall(_SYS_RESTRICT_SELF, ruleset_fd, 0)) < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"landlock_restrict_self: {os.strerror(errno)}")
+        linux.check(int(_libc.syscall(_SYS_RESTRICT_SELF, ruleset_fd, 0)), "landlock_restrict_self")
     finally:
         os.close(ruleset_fd)
     return abi

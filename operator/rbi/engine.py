@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rbi import metrics
 from rbi.classify import classify_report
 from rbi.datasets import bundled_dataset
 from rbi.errors import DataError, ExtractionError, SandboxUnavailable
@@ -180,8 +182,12 @@ class LocalExecutor:
             return self._pool
 
     def execute(self, run: PreparedRun) -> RunOutcome:
+        started = time.monotonic()
         report = self.pool.submit(run.request(), timeout=run.limits.timeout_seconds)
         outcome = classify_report(report, mode=run.mode)
+        metrics.record_run(executor="local", status=str(outcome.status),
+                           failure_class=str(outcome.error.type) if outcome.error else None,
+                           seconds=time.monotonic() - started)
         outcome.code_hash = run.code_hash
         if not outcome.params:
             outcome.params = dict(run.params)

@@ -211,6 +211,34 @@ def report(name: str, out_file: Path | None, spec_path: Path | None, data: Path 
     out.print(f"report written to {written}")
 
 
+@cli.command("operator")
+@click.option("--namespace", "namespaces", multiple=True, help="Namespace to serve (repeatable).")
+@click.option("--all-namespaces", is_flag=True, help="Serve every namespace.")
+@click.option("--metrics-port", type=int, envvar="RBI_METRICS_PORT", default=9090, show_default=True)
+@click.option("--liveness-port", type=int, envvar="RBI_LIVENESS_PORT", default=8080, show_default=True,
+              help="kopf's liveness endpoint: http://0.0.0.0:PORT/healthz")
+@click.option("--max-active-jobs", type=int, envvar="RBI_MAX_ACTIVE_JOBS", help="Jobs at once (default 10).")
+@click.option("--sandbox-image", envvar="RBI_SANDBOX_IMAGE")
+@click.option("--runtime-class", envvar="RBI_RUNTIME_CLASS", help="e.g. gvisor or kata")
+@click.option("--dataset-pvc", envvar="RBI_DATASET_PVC", help="PersistentVolumeClaim with datasets, at /data")
+@click.option("--db", envvar="RBI_DB_URL", help="Results database URL (default: SQLite under RBI_HOME).")
+@click.option("--job-ttl-seconds", type=int, envvar="RBI_JOB_TTL_SECONDS")
+@click.option("-v", "--verbose", is_flag=True)
+def operator_command(namespaces: tuple[str, ...], all_namespaces: bool, metrics_port: int, liveness_port: int,
+                     max_active_jobs: int | None, sandbox_image: str | None, runtime_class: str | None,
+                     dataset_pvc: str | None, db: str | None, job_ttl_seconds: int | None, verbose: bool) -> None:
+    """Run the Kubernetes operator for BacktestStrategy resources (in-cluster or with a kubeconfig)."""
+    from rbi.cli.operator_cmd import operator_main
+
+    try:
+        operator_main(namespaces=namespaces, all_namespaces=all_namespaces, metrics_port=metrics_port,
+                      liveness_port=liveness_port, max_active_jobs=max_active_jobs, sandbox_image=sandbox_image,
+                      runtime_class=runtime_class, dataset_pvc=dataset_pvc, db=db, job_ttl_seconds=job_ttl_seconds,
+                      verbose=verbose)
+    except ValueError as exc:
+        _die(str(exc), EXIT_USAGE)
+
+
 @cli.group()
 def sandbox() -> None:
     """Inspect the local sandbox."""

@@ -147,7 +147,10 @@ def classify_report(report: dict[str, Any], *, mode: str | None = None) -> RunOu
         base["trades"] = result["trades"][:200_000]
     result_error = _error_from_result(result.get("error"))
     if result_error is not None:
-        return RunOutcome.failed(result_error, **base)
+        raw_error = result.get("error")
+        trace = raw_error.get("traceback") if isinstance(raw_error, dict) else None
+        return RunOutcome.failed(result_error, traceback=trace[-4000:] if isinstance(trace, str) and trace else None,
+                                 **base)
     if status_error is not None:
         return RunOutcome.failed(status_error, **base)
 

@@ -69,11 +69,14 @@ class RunOutcome:
     # Series for reports (equity curve, trades); not part of the stable JSON keys.
     equity_curve: list[list[Any]] | None = None
     trades: list[dict[str, Any]] | None = None
+    # The Python traceback of a failed run (size-capped), for the debug agent; not part of the stable JSON keys.
+    traceback: str | None = None
 
     def to_json(self, *, include_series: bool = False) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = str(self.status)
         data["error"] = self.error.to_json() if self.error else None
+        data.pop("traceback")
         if not include_series:
             data.pop("equity_curve")
             data.pop("trades")

@@ -1,6 +1,8 @@
 """The results store: strategy versions, runs, trials and lineage in SQLite or PostgreSQL."""
 
 from rbi.store.repository import (
+    IdeaRecord,
+    LlmCallRecord,
     OptimizationRecord,
     ResultStore,
     RunRecord,
@@ -10,6 +12,8 @@ from rbi.store.repository import (
 )
 
 __all__ = [
+    "IdeaRecord",
+    "LlmCallRecord",
     "OptimizationRecord",
     "ResultStore",
     "RunRecord",

@@ -176,3 +176,77 @@ class OptimizationHistory(Base):
         DateTime(timezone=True), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
     )
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+LLM_OUTCOMES: tuple[str, ...] = ("ok", "error", "rate_limited", "garbage")
+IDEA_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "failed")
+
+
+class LlmCall(Base):
+    """One call of an LLM agent: which model and prompt version, what it cost, and how it ended.
+
+    `strategy_name` and `version` name the strategy version the call helped produce (set once that
+    version is registered), so the lineage of every version says which model and prompt wrote it.
+    """
+
+    __tablename__ = "llm_calls"
+    __table_args__ = (
+        Index(None, "strategy_name", "version"),
+        Index(None, "idea_key"),
+        Index(None, "created_at"),
+        CheckConstraint(_one_of("outcome", LLM_OUTCOMES), name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_name: Mapped[str] = mapped_column(String(100))
+    prompt_version: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, server_default="1")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(20))
+    error_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_seconds: Mapped[float] = mapped_column(Float, server_default="0")
+    strategy_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    idea_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
+    )
+
+
+class LoopIdea(Base):
+    """One idea of the hands-free loop and how far it got: the loop's resumable state."""
+
+    __tablename__ = "loop_ideas"
+    __table_args__ = (
+        UniqueConstraint("idea_key"),
+        Index(None, "status"),
+        CheckConstraint(_one_of("status", IDEA_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idea_key: Mapped[str] = mapped_column(String(64))
+    idea: Mapped[str] = mapped_column(Text)
+    strategy_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    stage: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    failure_class: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Checkpoints, so an interrupted idea resumes without asking the model again.
+    research: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    code: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The first successful run's figures and the optimised champion's: {objective, baseline, best, stats...}.
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
+    )

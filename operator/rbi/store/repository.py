@@ -36,12 +36,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from rbi.errors import StoreError
 from rbi.outcome import RunOutcome, Status
 from rbi.store.models import (
+    IDEA_STATUSES,
+    LLM_OUTCOMES,
     RUN_KINDS,
     SAMPLES,
     BacktestResult,
+    LlmCall,
+    LoopIdea,
     OptimizationHistory,
     OptimizationTrial,
     StrategyVersion,
+    utcnow,
 )
 
 _MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -138,6 +143,52 @@ class TrialRecord:
     stats: dict[str, Any]
     sample: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LlmCallRecord:
+    id: int
+    agent: str
+    model: str
+    prompt_name: str
+    prompt_version: int
+    attempt: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    outcome: str
+    error_kind: str | None
+    error_message: str | None
+    duration_seconds: float
+    strategy_name: str | None
+    version: int | None
+    idea_key: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IdeaRecord:
+    id: int
+    idea_key: str
+    idea: str
+    strategy_name: str | None
+    stage: str
+    status: str
+    attempts: int
+    failure_class: str | None
+    failure_message: str | None
+    research: dict[str, Any] | None
+    code: str | None
+    version: int | None
+    best_version: int | None
+    best: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# Fields of a loop idea that `update_idea` may set.
+_IDEA_FIELDS = frozenset({"strategy_name", "stage", "status", "attempts", "failure_class", "failure_message",
+                          "research", "code", "version", "best_version", "best"})
 
 
 # --- Pure helpers ---------------------------------------------------------------------------------
@@ -712,6 +763,118 @@ class ResultStore:
                 for row in session.scalars(query.order_by(OptimizationTrial.id))
             ]
 
+    # --- LLM calls --------------------------------------------------------------------------------
+
+    def record_llm_call(
+        self,
+        *,
+        agent: str,
+        model: str,
+        prompt_name: str,
+        prompt_version: int,
+        outcome: str,
+        attempt: int = 1,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: float | None = None,
+        error_kind: str | None = None,
+        error_message: str | None = None,
+        duration_seconds: float = 0.0,
+        strategy_name: str | None = None,
+        version: int | None = None,
+        idea_key: str | None = None,
+    ) -> int:
+        """Store one LLM agent call; returns its id (for `attach_llm_calls` once the version exists)."""
+        _check_one_of("LLM call outcome", outcome, LLM_OUTCOMES)
+        with self._guard(f"record an LLM call of agent {agent!r}"), self._writing() as session:
+            row = LlmCall(
+                agent=agent, model=clean_text(model)[:200], prompt_name=prompt_name, prompt_version=prompt_version,
+                attempt=attempt, prompt_tokens=max(0, prompt_tokens), completion_tokens=max(0, completion_tokens),
+                cost=_finite(cost), outcome=outcome, error_kind=error_kind,
+                error_message=clean_text(error_message) if error_message else None,
+                duration_seconds=_finite(duration_seconds) or 0.0, strategy_name=strategy_name, version=version,
+                idea_key=idea_key,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def attach_llm_calls(self, call_ids: list[int], *, strategy_name: str, version: int) -> None:
+        """Say which strategy version these calls produced (the version is registered after the calls)."""
+        if not call_ids:
+            return
+        with self._guard(f"link LLM calls to {strategy_name!r} v{version}"), self._writing() as session:
+            for row in session.scalars(select(LlmCall).where(LlmCall.id.in_(call_ids))):
+                row.strategy_name, row.version = strategy_name, version
+
+    def llm_calls(
+        self, *, strategy_name: str | None = None, version: int | None = None, idea_key: str | None = None
+    ) -> list[LlmCallRecord]:
+        """LLM calls in the order they were made, optionally of one strategy (version) or one idea."""
+        query = select(LlmCall)
+        if strategy_name is not None:
+            query = query.where(LlmCall.strategy_name == strategy_name)
+        if version is not None:
+            query = query.where(LlmCall.version == version)
+        if idea_key is not None:
+            query = query.where(LlmCall.idea_key == idea_key)
+        with self._guard("read LLM calls"), self._reading() as session:
+            return [_llm_call_record(row) for row in session.scalars(query.order_by(LlmCall.id))]
+
+    # --- The hands-free loop's ideas ----------------------------------------------------------------
+
+    def start_idea(self, idea_key: str, *, idea: str) -> IdeaRecord:
+        """The stored state of an idea, creating it (pending) when it is new. Safe to call concurrently."""
+        with self._guard(f"register idea {idea_key}"):
+            for _attempt in range(_REGISTER_ATTEMPTS):
+                existing = self.get_idea(idea_key)
+                if existing is not None:
+                    return existing
+                try:
+                    with self._writing() as session:
+                        row = LoopIdea(idea_key=idea_key, idea=clean_text(idea), stage="queued", status="pending",
+                                       attempts=0)
+                        session.add(row)
+                        session.flush()
+                        return _idea_record(row)
+                except IntegrityError:
+                    continue  # another process registered it first: read theirs
+        raise StoreError(f"results database {self.display_url}: cannot register idea {idea_key}")
+
+    def get_idea(self, idea_key: str) -> IdeaRecord | None:
+        with self._guard(f"read idea {idea_key}"), self._reading() as session:
+            row = session.scalars(select(LoopIdea).where(LoopIdea.idea_key == idea_key)).first()
+            return _idea_record(row) if row is not None else None
+
+    def update_idea(self, idea_key: str, **fields: Any) -> IdeaRecord:
+        """Set some of an idea's fields (stage, status, attempts, checkpoints, best figures) in one transaction."""
+        unknown = set(fields) - _IDEA_FIELDS
+        if unknown:
+            raise ValueError(f"unknown idea field(s): {sorted(unknown)}")
+        if "status" in fields:
+            _check_one_of("idea status", fields["status"], IDEA_STATUSES)
+        with self._guard(f"update idea {idea_key}"), self._writing() as session:
+            row = session.scalars(select(LoopIdea).where(LoopIdea.idea_key == idea_key)).first()
+            if row is None:
+                raise StoreError(f"results database {self.display_url}: no idea {idea_key} to update")
+            for name, value in fields.items():
+                if name in ("research", "best") and value is not None:
+                    value = storable_json(value)
+                elif isinstance(value, str):
+                    value = clean_text(value)
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            session.flush()
+            return _idea_record(row)
+
+    def ideas(self, *, status: str | None = None) -> list[IdeaRecord]:
+        """Every idea the loop has seen, in the order it first saw them."""
+        query = select(LoopIdea)
+        if status is not None:
+            query = query.where(LoopIdea.status == status)
+        with self._guard("read the loop's ideas"), self._reading() as session:
+            return [_idea_record(row) for row in session.scalars(query.order_by(LoopIdea.id))]
+
     # --- Sessions and errors ----------------------------------------------------------------------
 
     @contextmanager
@@ -812,4 +975,24 @@ def _run_record(row: BacktestResult) -> RunRecord:
         trial_id=row.trial_id,
         labels=row.labels,
         created_at=_aware(row.created_at),
+    )
+
+
+def _llm_call_record(row: LlmCall) -> LlmCallRecord:
+    return LlmCallRecord(
+        id=row.id, agent=row.agent, model=row.model, prompt_name=row.prompt_name, prompt_version=row.prompt_version,
+        attempt=row.attempt, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+        cost=row.cost, outcome=row.outcome, error_kind=row.error_kind, error_message=row.error_message,
+        duration_seconds=row.duration_seconds, strategy_name=row.strategy_name, version=row.version,
+        idea_key=row.idea_key, created_at=_aware(row.created_at),
+    )
+
+
+def _idea_record(row: LoopIdea) -> IdeaRecord:
+    return IdeaRecord(
+        id=row.id, idea_key=row.idea_key, idea=row.idea, strategy_name=row.strategy_name, stage=row.stage,
+        status=row.status, attempts=row.attempts, failure_class=row.failure_class,
+        failure_message=row.failure_message, research=row.research, code=row.code, version=row.version,
+        best_version=row.best_version, best=row.best, created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
     )

@@ -2,8 +2,8 @@
 
 - Lines starting with `#` are comments; blank lines separate paragraphs.
 - A line that is exactly `---` separates ideas explicitly: then each section is one idea, however long.
-- Otherwise, when some paragraph spans several lines, each paragraph is one idea (a file of descriptions);
-  when every paragraph is a single line, each line is one idea.
+- Otherwise, when blank lines separate several paragraphs and some paragraph spans several lines, each
+  paragraph is one idea (a file of descriptions); else each line is one idea. `fmt` forces either reading.
 - A leading list marker (`-`, `*`, `1.`) is dropped. The same idea twice counts once.
 """
 
@@ -66,7 +66,9 @@ def parse_ideas(text: str, *, fmt: IdeasFormat = "auto", source: str = "ideas") 
             start = number
         current.append(line)
     flush()
-    per_line = fmt == "lines" or (fmt == "auto" and not explicit and all(len(lines) == 1 for _, lines in blocks))
+    # Paragraph mode needs evidence: several blank-line separated blocks, one of them spanning lines.
+    paragraphs = len(blocks) > 1 and any(len(lines) > 1 for _, lines in blocks)
+    per_line = fmt == "lines" or (fmt == "auto" and not explicit and not paragraphs)
     ideas: list[Idea] = []
     seen: set[str] = set()
     for first_line, lines in blocks:

@@ -107,7 +107,7 @@ def heatmap(grid: Grid, title: str, expr: str, *, w: int = 12, h: int = 8, descr
 def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> list[dict[str, Any]]:
     group = f"le, {by}" if by else "le"
     suffix = f" {{{{{by}}}}}" if by else ""
-    return [target(f"histogram_quantile({q}, sum by ({group}) (rate({metric}{{{SEL}}}[{RATE}])))",
+    return [target(f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[{RATE}])))",
                    f"p{round(q * 100)}{suffix}", chr(ord("A") + i)) for i, q in enumerate(qs)]
 
 

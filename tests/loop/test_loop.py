@@ -15,7 +15,7 @@ from rbi.llm import LLMClient
 from rbi.loop import IdeaLoop, IdeaState, LoopSettings, parse_ideas
 from rbi.store import ResultStore
 
-from .conftest import QUICK_OPTIMIZATION, fenced, research_answer, strategy_code
+from .answers import QUICK_OPTIMIZATION, fenced, research_answer, strategy_code
 
 
 def count(store: ResultStore, name: str) -> int:

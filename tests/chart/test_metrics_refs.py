@@ -73,6 +73,8 @@ def test_exported_names_are_real_samples() -> None:
     assert {"rbi_runs_total", "rbi_run_duration_seconds_bucket", "rbi_queue_depth"} <= names
     assert "rbi_llm_cost_dollars_total" in names
     assert "rbi_runs" not in names  # a counter is exposed as rbi_runs_total only
+    assert "rbi_run_duration_seconds_sum" in names
+    assert "rbi_optimization_improvement_ratio_sum" not in names  # negative buckets: no _sum
 
 
 # --- dashboards ----------------------------------------------------------------------------------------------

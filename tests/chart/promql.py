@@ -76,7 +76,7 @@ def exported_names() -> set[str]:
     bare = {name for name, kind in families.items() if kind in {"counter", "histogram", "summary"}}
     # prometheus_client leaves `_sum` out of a histogram whose buckets go below zero
     # (rbi_optimization_improvement_ratio), although metric_names() lists it.
-    no_sum = {f"{c._name}_sum" for c in metrics.REGISTRY._collector_to_names  # type: ignore[attr-defined]
+    no_sum = {f"{c._name}_sum" for c in metrics.REGISTRY._collector_to_names
               if isinstance(c, Histogram) and c._upper_bounds[0] < 0}
     return metrics.metric_names() - bare - no_sum
 

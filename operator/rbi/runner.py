@@ -379,16 +379,158 @@ def write_report_file(path: str, report: dict[str, Any]) -> None:
         os.close(fd)
 
 
+RESULT_MARKER = "RBI-RESULT "
+TRIAL_MARKER = "RBI-TRIAL "
+TERMINATION_LIMIT = 4096
+BUNDLED_PREFIX = "bundled:"
+# The figures that matter most, kept when the whole statistics block does not fit in 4 KiB.
+KEY_STATS = ("return_pct", "sharpe_ratio", "max_drawdown_pct", "win_rate_pct", "num_trades", "sortino_ratio",
+             "calmar_ratio", "profit_factor", "exposure_time_pct", "equity_final", "buy_hold_return_pct")
+
+
+def _short_error(error: Any, message_chars: int) -> dict[str, Any] | None:
+    if not isinstance(error, dict):
+        return None
+    return {"type": error.get("type"), "message": str(error.get("message") or "")[:message_chars],
+            "line": error.get("line"), "detail": str(error["detail"])[:100] if error.get("detail") else None}
+
+
+def _fits(document: dict[str, Any], limit: int) -> bytes | None:
+    payload = encode_report(document)
+    return payload if len(payload) <= limit else None
+
+
+def compact_result(report: dict[str, Any], *, limit: int = TERMINATION_LIMIT) -> bytes:
+    """The run's result for a container termination message: JSON, at most `limit` bytes.
+
+    Everything fits when it can; otherwise the key figures, with `"full": false`, which tells
+    the operator to read the whole result from the pod log (the RESULT_MARKER line).
+    """
+    stats = report.get("stats") if isinstance(report.get("stats"), dict) else None
+    base = {"v": 1, "mode": report.get("mode"), "execution_time": report.get("execution_time")}
+    for message_chars, keys in ((2000, None), (500, KEY_STATS), (200, KEY_STATS[:5])):
+        chosen = stats if keys is None or stats is None else {k: stats[k] for k in keys if k in stats}
+        document = {**base, "error": _short_error(report.get("error"), message_chars), "stats": chosen,
+                    "params": report.get("params") if keys is None else None, "full": keys is None}
+        payload = _fits(document, limit)
+        if payload is not None:
+            return payload
+    return encode_report({"v": 1, "error": {"type": "runtime_error", "message": "result too large"}, "full": False})
+
+
+def compact_trials(results: list[dict[str, Any]], keep: list[str], *, limit: int = TERMINATION_LIMIT) -> bytes:
+    """A shard's trial results for the termination message: per trial its index, error class and kept figures."""
+    for message_chars in (120, 40, 0):
+        rows = []
+        for item in results:
+            report = item["report"]
+            stats = report.get("stats") if isinstance(report.get("stats"), dict) else {}
+            error = report.get("error") if isinstance(report.get("error"), dict) else None
+            rows.append({"i": item["index"], "e": error.get("type") if error else None,
+                         "m": str(error.get("message") or "")[:message_chars] if error else None,
+                         "s": {k: stats[k] for k in keep if k in stats}})
+        payload = _fits({"v": 1, "trials": rows, "full": True}, limit)
+        if payload is not None:
+            return payload
+    return encode_report({"v": 1, "trials": [], "full": False})
+
+
+def _resolve_data(path: str | None, scratch: str | None) -> tuple[str | None, str | None]:
+    """`bundled:NAME` → the image's bundled sample; a compressed file → a plain CSV copy for scripts."""
+    if path is None:
+        return None, None
+    if path.startswith(BUNDLED_PREFIX):
+        from rbi.datasets import bundled_dataset
+
+        path = str(bundled_dataset(path[len(BUNDLED_PREFIX):]))
+    raw = path
+    if scratch and not path.endswith(".csv"):
+        from pathlib import Path
+
+        from rbi.prepare.data import materialize_csv
+
+        raw = str(materialize_csv(path, Path(scratch)))
+    return path, raw
+
+
+def _rows(data_path: str, fraction: list[float]) -> tuple[int, int]:
+    count = len(_load_frame(data_path))
+    return int(count * float(fraction[0])), int(count * float(fraction[1]))
+
+
+def _write_termination(path: str | None, payload: bytes) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "wb") as handle:
+            handle.write(payload)
+    except OSError as exc:  # the message is an optimisation; the pod log still has the result
+        print(f"rbi-runner: cannot write {path}: {exc}", file=sys.stderr)
+
+
+def _print_marked(marker: str, document: dict[str, Any]) -> None:
+    sys.stdout.flush()
+    sys.stdout.write(marker + encode_report(document).decode() + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the Kubernetes Job container (the sandbox there is the pod)."""
     parser = argparse.ArgumentParser(prog="python -m rbi.runner")
     parser.add_argument("--request", required=True, help="JSON file with the run request")
-    parser.add_argument("--result", required=True, help="file to write the JSON result to")
+    parser.add_argument("--result", help="file to write the JSON result to")
+    parser.add_argument("--termination-log", help="write the compact (<= 4 KiB) result JSON here, "
+                        "e.g. /dev/termination-log")
+    parser.add_argument("--print-result", action="store_true",
+                        help=f"print the full result as one line starting with {RESULT_MARKER!r} on stdout")
+    parser.add_argument("--trials", help="JSON file with a batch of trials: {trials: [[index, params]], shards, "
+                        "keep, dataFraction}; this process runs the shard of --shard-index")
+    parser.add_argument("--shard-index", type=int, default=None,
+                        help="which shard of the trials to run (default: $JOB_COMPLETION_INDEX, else 0)")
+    parser.add_argument("--scratch", help="writable directory for a plain-CSV copy of a compressed dataset")
     args = parser.parse_args(argv)
     with open(args.request, encoding="utf-8") as handle:
-        request = RunRequest.from_json(json.load(handle))
+        raw_request = json.load(handle)
+    fraction = raw_request.pop("data_fraction", None)
+    request = RunRequest.from_json(raw_request)
+    original = request.data_path
+    request.data_path, raw = _resolve_data(request.data_path, args.scratch)
+    # Scripts read the dataset themselves: serve them the plain CSV unless the request names another file.
+    if request.raw_data_path in (None, original):
+        request.raw_data_path = raw
+    if args.trials:
+        return _run_trials(args, request)
+    if fraction and request.data_path:
+        request.data_range = _rows(request.data_path, fraction)
     report = execute(request)
-    write_report_file(args.result, report)
+    if args.result:
+        write_report_file(args.result, report)
+    if args.print_result:
+        _print_marked(RESULT_MARKER, report)
+    _write_termination(args.termination_log, compact_result(report))
+    return 0
+
+
+def _run_trials(args: argparse.Namespace, request: RunRequest) -> int:
+    with open(args.trials, encoding="utf-8") as handle:
+        batch = json.load(handle)
+    shards = max(1, int(batch.get("shards", 1)))
+    index = args.shard_index if args.shard_index is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    fraction = batch.get("dataFraction")
+    if fraction and request.data_path:
+        request.data_range = _rows(request.data_path, fraction)
+    results: list[dict[str, Any]] = []
+    for position, (trial_index, params) in enumerate(batch.get("trials", [])):
+        if position % shards != index:
+            continue
+        request.params = dict(params)
+        report = execute(request)
+        report.pop("equity_curve", None)
+        report.pop("trades", None)
+        results.append({"index": trial_index, "report": report})
+        if args.print_result:
+            _print_marked(TRIAL_MARKER, {"index": trial_index, "report": report})
+    _write_termination(args.termination_log, compact_trials(results, [str(k) for k in batch.get("keep", [])]))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Pure functions for the cluster: manifests, Kubernetes reasons, and results read back from Jobs."""

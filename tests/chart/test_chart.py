@@ -17,6 +17,7 @@ from .helm import (
     KUBE_VERSION,
     NAMESPACE,
     RELEASE,
+    REPO,
     Rendered,
     render,
     run_helm,
@@ -212,8 +213,7 @@ def test_deployment_with_options(rendered: dict[str, Rendered]) -> None:
     assert env["RBI_RUNTIME_CLASS"] == "gvisor" and env["RBI_DATASET_PVC"] == "market-data"
     assert env["RBI_SANDBOX_IMAGE"] == "registry.example.com/rbi/rbi-sandbox:0.1.0-test"
     assert env["RBI_MAX_ACTIVE_JOBS"] == "16" and env["RBI_EXTRA"] == "1"
-    assert (env["RBI_SANDBOX_CPU"], env["RBI_SANDBOX_MEMORY"], env["RBI_SANDBOX_DISK"],
-            env["RBI_SANDBOX_TIMEOUT_SECONDS"]) == ("500m", "1Gi", "200M", "120")
+    assert env["RBI_IMAGE_PULL_POLICY"] == "Always" and env["RBI_TRIAL_PARALLELISM"] == "8"
     # PostgreSQL: no store volume, RBI_HOME is scratch.
     home = next(v for v in pod["volumes"] if v["name"] == "home")
     assert "emptyDir" in home
@@ -230,11 +230,22 @@ def test_deployment_with_options(rendered: dict[str, Rendered]) -> None:
     assert home["persistentVolumeClaim"]["claimName"] == "rbi-results"
 
 
+def test_every_setting_the_chart_passes_is_read_by_the_operator(rendered: dict[str, Rendered]) -> None:
+    # An environment variable nothing reads would be a value that silently does nothing.
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "operator" / "rbi").rglob("*.py"))
+    names = set()
+    for scenario in SCENARIOS:
+        names |= set(env_of(rendered[scenario].one("Deployment")))
+    names.discard("RBI_EXTRA")  # operator.extraEnv in the test values
+    unread = {name for name in names if not re.search(rf"[\"']{name}[\"']", source)}
+    assert not unread, f"the Deployment sets {sorted(unread)}, which no module under operator/rbi reads"
+
+
 def test_llm_secret_never_reaches_sandbox_settings(rendered: dict[str, Rendered]) -> None:
     # The operator gets the key; the settings it passes on to Jobs are plain values, none from a Secret.
     env = env_of(rendered["cluster-wide"].one("Deployment"))
     for name, value in env.items():
-        if name.startswith("RBI_SANDBOX") or name in {"RBI_RUNTIME_CLASS", "RBI_DATASET_PVC"}:
+        if name.startswith("RBI_SANDBOX") or name in {"RBI_RUNTIME_CLASS", "RBI_DATASET_PVC", "RBI_IMAGE_PULL_POLICY"}:
             assert isinstance(value, str), name
 
 

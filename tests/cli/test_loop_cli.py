@@ -60,6 +60,8 @@ def test_loop_runs_resumes_and_skips(tmp_path: Path, ideas_file: Path, small_dat
 
     shown = rbi("lineage", "cli-sma", db=db)
     assert shown.returncode == 0 and "v1" in shown.stdout
+    # The lineage says which model and prompt wrote the version.
+    assert "gpt-4o-mini" in shown.stdout and "research_idea@v1" in shown.stdout
 
 
 def test_loop_without_an_llm_says_how_to_configure_one(tmp_path: Path, ideas_file: Path) -> None:

@@ -110,12 +110,20 @@ def lineage_tree(store: Any, name: str) -> Tree:
     if not versions:
         raise LookupError(f"no stored strategy named {name!r}; see `rbi results`")
     edges = {e.child_version: e for e in store.lineage(name)}
+    # Which model and prompt wrote each version (the LLM agents' calls, rbi loop).
+    authors: dict[int, list[str]] = {}
+    for call in store.llm_calls(strategy_name=name) if hasattr(store, "llm_calls") else []:
+        if call.version is not None and call.outcome == "ok":
+            authors.setdefault(call.version, []).append(
+                f"{call.agent}: {call.model} {call.prompt_name}@v{call.prompt_version}")
     nodes: dict[int, Tree] = {}
     root = Tree(f"[bold]{name}[/]")
     for v in versions:
         run = v.latest_run
         edge = edges.get(v.version)
         label = f"v{v.version} [dim]{v.source}[/] {json.dumps(v.params)}"
+        if v.version in authors:
+            label += f" [dim]({'; '.join(authors[v.version])})[/]"
         if run is not None:
             label += (f"  sharpe {fmt(run.sharpe_ratio)} · return {fmt(run.total_return)}%"
                       f" · trades {fmt(run.num_trades)}")

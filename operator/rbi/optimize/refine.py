@@ -140,10 +140,15 @@ def propose_code_change(
         class_name=classes[0] if classes else "the Strategy subclass",
     )
     try:
-        completion = client.complete(system=prompt.system, user=user, agent=AGENT)
+        completion = client.complete(system=prompt.system, user=user, agent=AGENT, settle=False)
     except LLMError as exc:
         raise RefineError("llm", f"the LLM gave no answer ({exc.kind}): {exc}") from exc
-    new_code = _validated_code(completion, old_code=code, old_classes=classes)
+    try:
+        new_code = _validated_code(completion, old_code=code, old_classes=classes)
+    except RefineError:
+        client.settle(completion, "garbage")  # rbi_llm_calls_total{agent="refine",outcome="garbage"}
+        raise
+    client.settle(completion, "ok")
     rationale = _rationale(completion.text)
     return Proposal(
         code=new_code,

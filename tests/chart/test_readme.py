@@ -56,3 +56,23 @@ def test_quick_start_commands_match_the_chart() -> None:
     sets = re.findall(r"--set ([\w.]+)=", text)
     values = value_paths(yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8")))
     assert sets and all(s in values for s in sets), [s for s in sets if s not in values]
+
+
+def test_quick_start_strategy_is_valid() -> None:
+    import jsonschema
+
+    from rbi.spec import spec_from_document
+
+    from .helm import CRD_SOURCE
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Installing on a cluster (Helm)"):]
+    example = section[section.index("<<'YAML'\n") + len("<<'YAML'\n"):section.index("\nYAML\n")]
+    document = yaml.safe_load(example)
+    # The CRD's structural schema (draft-4 style: boolean exclusiveMinimum); CEL rules are the API server's.
+    crd = yaml.safe_load(CRD_SOURCE.read_text(encoding="utf-8"))
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == document["apiVersion"].split("/")[1]]
+    jsonschema.Draft4Validator(version["schema"]["openAPIV3Schema"]).validate(document)
+    # And rbi's own parser, which the operator runs on every resource.
+    spec = spec_from_document(document, base=REPO)
+    assert spec.name == "sma-cross" and "class SmaCross" in spec.code and spec.data_path is not None

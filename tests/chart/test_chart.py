@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 
@@ -54,8 +55,13 @@ def test_helm_lint_strict(scenario: str) -> None:
     assert "0 chart(s) failed" in proc.stdout, proc.stdout
 
 
+# The chart's kubeVersion floor, the kubectl/Helm layer's version, and the newest schemas at hand.
+VALIDATE_VERSIONS = ["1.27.0", KUBE_VERSION, kubernetes_validate.utils.latest_version()]
+
+
+@pytest.mark.parametrize("version", VALIDATE_VERSIONS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_manifest_is_valid_kubernetes(rendered: dict[str, Rendered], scenario: str) -> None:
+def test_every_manifest_is_valid_kubernetes(rendered: dict[str, Rendered], scenario: str, version: str) -> None:
     docs = rendered[scenario].docs
     assert docs
     for doc in docs:
@@ -63,9 +69,9 @@ def test_every_manifest_is_valid_kubernetes(rendered: dict[str, Rendered], scena
         if doc["kind"] in CUSTOM_KINDS:
             continue
         try:
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{scenario}: {name} is invalid: {exc.message} at {list(exc.path)}")
+            pytest.fail(f"{scenario}: {name} is invalid for {version}: {exc.message} at {list(exc.path)}")
         labels = doc["metadata"].get("labels") or {}
         assert labels.get("app.kubernetes.io/part-of") == "rbi", name
         if doc["kind"] not in {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +97,28 @@ def test_loop_with_a_dead_endpoint_stops_with_a_clear_message(tmp_path: Path, id
     summary = summary_of(result.stdout)
     assert summary["aborted"] and "cannot connect" in str(summary["aborted"])
     assert summary["failures_by_class"] == {"llm_unreachable": 1}
+
+
+def test_ctrl_c_stops_the_loop_and_the_rerun_finishes_without_asking_again(
+        tmp_path: Path, ideas_file: Path, small_data: Path) -> None:
+    db = tmp_path / "rbi.db"
+    slow_backtest = Reply(content=fenced(strategy_code("Interrupted")), delay=3.0)
+    with ScriptedOpenAI(Reply.text(research_answer("interrupted")), slow_backtest) as server:
+        env = {**os.environ, **NO_LLM, "OPENAI_BASE_URL": server.base_url, "RBI_DB_URL": f"sqlite:///{db}",
+               "COLUMNS": "200"}
+        args = [sys.executable, "-m", "rbi", "loop", str(ideas_file), "--json", "--no-optimize",
+                "--data", str(small_data), "--concurrency", "1"]
+        process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 2 and time.monotonic() < deadline:  # the backtest call is in flight
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert summary_of(stdout)["interrupted"] is True
+    with ScriptedOpenAI() as server:  # nothing scripted: the rerun must not need the model
+        env["OPENAI_BASE_URL"] = server.base_url
+        rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert server.requests == []
+    assert rerun.returncode == 0, rerun.stderr
+    assert summary_of(rerun.stdout)["succeeded"] == 1

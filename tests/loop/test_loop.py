@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, table
-from tests.llm.fake_openai import Reply, ScriptedOpenAI
+from tests.llm.fake_openai import RecordedRequest, Reply, ScriptedOpenAI
 
 from rbi import metrics
 from rbi.engine import LocalExecutor
@@ -294,3 +294,73 @@ def test_max_ideas_stops_after_that_many_and_the_rest_follow_later(store: Result
         rest = loop(server, store, executor, settings(small_data, optimize=False)).run(ideas)
         assert server.pending == 0
     assert [s.status for s in rest.ideas] == ["succeeded", "succeeded"] and rest.ideas[0].skipped
+
+
+# --------------------------------------------------------------------------- bounded concurrency
+
+
+class RoutedOpenAI(ScriptedOpenAI):
+    """Answers by content, not order: the first route whose marker is in the request's user message."""
+
+    def __init__(self, routes: list[tuple[str, Reply]]) -> None:
+        super().__init__()
+        self.routes = list(routes)
+
+    def _record_and_pop(self, request: RecordedRequest) -> tuple[int, Reply | None]:
+        with self._lock:
+            self.requests.append(request)
+            for index, (marker, reply) in enumerate(self.routes):
+                if marker in request.user_message:
+                    del self.routes[index]
+                    return len(self.requests), reply
+            return len(self.requests), None
+
+
+def test_ideas_run_concurrently_up_to_the_bound(store: ResultStore, executor: LocalExecutor,
+                                                small_data: Path) -> None:
+    ideas = parse_ideas("Alpha concurrent idea\nBeta concurrent idea\nGamma concurrent idea\n")
+    routes: list[tuple[str, Reply]] = []
+    for word in ("Alpha", "Beta", "Gamma"):
+        name = f"{word.lower()}-c"
+        routes += [(f"{word} concurrent idea", Reply(content=research_answer(name), delay=0.4)),
+                   (f"Write the strategy `{name}`", Reply.text(fenced(strategy_code(f"{word}C"))))]
+    in_flight: set[str] = set()
+    most = 0
+
+    def track(states: list[IdeaState]) -> None:
+        nonlocal most
+        running = {s.key for s in states if s.status == "running"}
+        in_flight.clear()
+        in_flight.update(running)
+        most = max(most, len(running))
+
+    with RoutedOpenAI(routes) as server:
+        client = LLMClient(server.config())
+        summary = IdeaLoop(store=store, client=client, executor=executor, on_update=track,
+                           settings=settings(small_data, concurrency=2)).run(ideas)
+        assert not server.routes
+        first_two = [r.user_message for r in server.requests[:2]]
+    assert [s.status for s in summary.ideas] == ["succeeded"] * 3, summary.to_json()
+    assert most == 2  # two ideas at once, never three
+    assert all("concurrent idea" in prompt for prompt in first_two)  # both research calls went out together
+    assert {c.strategy_name for c in store.llm_calls()} == {"alpha-c", "beta-c", "gamma-c"}
+
+
+def test_an_interruption_between_backtest_and_package_keeps_the_models_code(
+        store: ResultStore, executor: LocalExecutor, small_data: Path) -> None:
+    ideas = parse_ideas("Interrupted while packaging\n")
+
+    def interrupt(state: IdeaState) -> None:
+        if state.stage == "package":
+            raise KeyboardInterrupt
+
+    with ScriptedOpenAI(Reply.text(research_answer("packaging")),
+                        Reply.text(fenced(strategy_code("Packaging")))) as server:
+        first = IdeaLoop(store=store, client=LLMClient(server.config()), executor=executor, on_stage=interrupt,
+                         settings=settings(small_data, optimize=False)).run(ideas)
+    assert first.interrupted and first.ideas[0].status == "running"
+    with ScriptedOpenAI() as server:  # nothing scripted: any request fails the idea
+        second = loop(server, store, executor, settings(small_data, optimize=False)).run(ideas)
+        assert server.requests == []
+    assert second.ideas[0].status == "succeeded"
+    assert [c.agent for c in store.llm_calls(idea_key=ideas[0].key)] == ["research", "backtest"]

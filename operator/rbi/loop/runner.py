@@ -345,14 +345,19 @@ class IdeaLoop:
             spec = replace(spec, name=name)
             self.store.update_idea(idea.key, research=spec.to_json(), strategy_name=name)
         self._set(state, name=spec.name)
-        if record.code is not None:
-            return finish(spec, record.code, records=[])
-        self._stage(state, "backtest")
-        code = self._ask_twice(state, lambda attempt: write_backtest(spec, client=self.client, attempt=attempt))
+        if record.code is not None and record.stage != "package":
+            return finish(spec, record.code, records=[])  # packaged (and maybe debugged) already
+        if record.code is None:
+            self._stage(state, "backtest")
+            code = self._ask_twice(state, lambda attempt: write_backtest(spec, client=self.client, attempt=attempt))
+            # The model's code is a checkpoint of its own: an interruption now does not ask for it again.
+            self.store.update_idea(idea.key, code=code, stage="package")
+        else:
+            code = record.code
         self._stage(state, "package")
         code, fixes, problems, records = package_step(code, client=self.client)
         self._calls(state, records)
-        self.store.update_idea(idea.key, code=code)
+        self.store.update_idea(idea.key, code=code, stage="execute")
         return finish(spec, code, records=records, fixes=fixes, problems=problems)
 
     def _ask_twice(self, state: IdeaState, call: Callable[[int], tuple[T, CallRecord]]) -> T:

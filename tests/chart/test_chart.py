@@ -390,6 +390,8 @@ def test_prometheus_rule_structure(rendered: dict[str, Rendered]) -> None:
     assert "RbiLlmErrorRateHigh" not in alerts
     assert alerts["RbiRunFailureRateHigh"]["for"] == "30m" and "> 0.8" in alerts["RbiRunFailureRateHigh"]["expr"]
     assert "[1h]" in alerts["RbiRunFailureRateHigh"]["expr"]
+    assert 'up{kubernetes_namespace="rbi", app="rbi-operator"}' in alerts["RbiOperatorDown"]["expr"]
+    assert all('job="' not in rule["expr"] for rule in alerts.values())
 
 
 def test_dashboard_configmaps(rendered: dict[str, Rendered]) -> None:

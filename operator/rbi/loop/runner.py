@@ -25,7 +25,7 @@ from rbi.agents.debug import DEFAULT_MAX_ATTEMPTS, debug_code, error_signature
 from rbi.agents.pipeline import GeneratedStrategy, finish, package_step
 from rbi.agents.research import ResearchSpec, research_idea
 from rbi.engine import LocalExecutor, PreparationFailed, PreparedRun, prepare
-from rbi.errors import RbiError
+from rbi.errors import RbiError, SandboxUnavailable, SpecError
 from rbi.llm.client import LLMClient
 from rbi.loop.ideas import Idea
 from rbi.outcome import FailureClass, RunError, RunOutcome, Status
@@ -177,6 +177,9 @@ class IdeaLoop:
         self.client = client
         self.executor = executor
         self.settings = settings or LoopSettings()
+        if self.settings.data is not None and not self.settings.data.is_file():
+            # Checked once here: every idea would otherwise fail (and be debugged) for the same missing file.
+            raise SpecError(f"dataset not found: {self.settings.data}")
         self.on_update = on_update
         # Called at the start of every stage in the idea's thread; tests raise KeyboardInterrupt from it.
         self.on_stage = on_stage
@@ -270,6 +273,12 @@ class IdeaLoop:
         except KeyboardInterrupt:
             self._stop.set()
             self._set(state, message="interrupted; resumes from here on the next run")
+            return False
+        except SandboxUnavailable as exc:
+            # The machine cannot isolate runs: no idea can run, and none is to blame.
+            self._abort = str(exc)
+            self._stop.set()
+            self._set(state, status="pending", failure_class="sandbox_error", message=str(exc)[:200])
             return False
         except Exception as exc:
             if self._stop.is_set():  # a sandbox stopped under it: not the idea's fault
@@ -397,8 +406,9 @@ class IdeaLoop:
                      version: int) -> tuple[PreparedRun | None, RunOutcome]:
         stored = next((v for v in self.store.versions(generated.name) if v.version == version), None)
         prepared = self._prepare(generated, code)
-        if stored is not None and stored.latest_run is not None:
-            # Resuming: this version already ran; use its stored result instead of running it again.
+        if stored is not None and stored.latest_run is not None and stored.latest_run.error_type != "sandbox_error":
+            # Resuming: this version already ran; use its stored result instead of running it again
+            # (unless the platform failed it: then it never really ran).
             outcome = _outcome_from_record(stored.latest_run)
         elif isinstance(prepared, RunOutcome):
             outcome = prepared
@@ -432,6 +442,10 @@ class IdeaLoop:
             prepared, outcome = self._run_version(state, generated, code, version)
             if outcome.status is Status.SUCCEEDED:
                 return prepared, outcome, version
+            if outcome.error is not None and outcome.error.type.is_infrastructure:
+                # The platform failed, not the code: nothing to debug; the next run tries again.
+                self._fail(state, str(outcome.error.type), outcome.error.message, transient=True)
+                return None, None, None
             self._stage(state, "debug")
             while True:
                 result = debug_code(code, outcome, client=self.client, attempt=model_attempts + 1,

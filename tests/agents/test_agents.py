@@ -190,6 +190,10 @@ def test_debug_stops_on_a_repeated_error_and_without_a_model(server: ScriptedOpe
     repeated = debug_code(code, outcome, client=client, attempt=2, previous_errors=[signature])
     assert repeated.gave_up and repeated.same_error and "same error came back" in repeated.reason
     assert server.requests == []  # no model call for an error that came back
+    # The operator keeps 'class: message' strings in the resource's status; they count as the same error.
+    as_status = debug_code(code, outcome, client=client, attempt=2,
+                           previous_errors=["runtime_error: ZeroDivisionError: division by zero"])
+    assert as_status.gave_up and as_status.same_error and server.requests == []
     alone = debug_code(code, outcome, client=None, attempt=1)
     assert alone.gave_up and "no model is configured" in alone.reason
     exhausted = debug_code(code, outcome, client=client, attempt=4, max_attempts=3)

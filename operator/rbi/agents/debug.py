@@ -27,7 +27,8 @@ from rbi.llm.client import LLMClient
 from rbi.outcome import RunOutcome, Status
 from rbi.prepare.inspect_code import check_code, strategy_classes
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "PROMPT", "DebugResult", "debug_code", "error_signature", "needs_debugging"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "PROMPT", "DebugResult", "debug_code", "error_signature", "is_repeated",
+           "needs_debugging"]
 
 PROMPT = "debug_code"
 AGENT = "debug"
@@ -53,6 +54,20 @@ class DebugResult:
     diagnosis: tuple[str, ...] = ()
     records: list[CallRecord] = field(default_factory=list)
     agent_error: str | None = None  # the category of an unusable answer (no_code, llm_rate_limited, ...)
+
+
+def _norm(text: str) -> str:
+    return _NUMBERS.sub("#", " ".join(text.split()))[:200]
+
+
+def is_repeated(outcome: RunOutcome, previous_errors: Sequence[str]) -> bool:
+    """True when this failure is one of `previous_errors`: signatures from `error_signature`, or
+    'class: message' strings (what the operator keeps in a resource's status), numbers ignored."""
+    forms = {_norm(error_signature(outcome))}
+    if outcome.error is not None:
+        forms.add(_norm(f"{outcome.error.type}: {outcome.error.message[:200]}"))
+        forms.add(_norm(f"{outcome.error.type}: {outcome.error.message}"))
+    return any(_norm(previous) in forms for previous in previous_errors)
 
 
 def needs_debugging(outcome: RunOutcome) -> bool:
@@ -133,21 +148,23 @@ def debug_code(
     attempt: int,
     previous_errors: Sequence[str] = (),
     previous_codes: Sequence[str] = (),
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int | None = None,
     use_fixers: bool = True,
 ) -> DebugResult:
     """One debug attempt for `code`, which produced `outcome`.
 
     `attempt` counts from 1 (it is the model attempt's number in the prompt and the records);
-    `previous_errors` are the error signatures (or messages) of earlier failed runs of this strategy,
-    `previous_codes` the code already run, so neither a repeated error nor a repeated fix loops forever.
+    `previous_errors` are the errors of earlier failed runs of this strategy (signatures from
+    `error_signature`, or 'class: message' strings), `previous_codes` the code already run, so neither
+    a repeated error nor a repeated fix loops forever. `max_attempts` (None: the caller keeps count)
+    bounds the model attempts.
     """
     signature = error_signature(outcome)
     if not needs_debugging(outcome):
         return DebugResult(code=code, changed=False, via="none", error_signature=signature, gave_up=True,
                            reason="the run succeeded: nothing to debug")
     tried = {squash(c) for c in previous_codes} | {squash(code)}
-    same_error = signature in previous_errors
+    same_error = is_repeated(outcome, previous_errors)
     diagnosis: tuple[str, ...] = ()
     error = outcome.error
     if outcome.status is Status.NO_TRADES:
@@ -168,7 +185,7 @@ def debug_code(
     if client is None:
         return DebugResult(code=code, changed=False, via="none", error_signature=signature, gave_up=True,
                            diagnosis=diagnosis, reason="no deterministic fixer matches and no model is configured")
-    if attempt > max_attempts:
+    if max_attempts is not None and attempt > max_attempts:
         return DebugResult(code=code, changed=False, via="none", error_signature=signature, gave_up=True,
                            diagnosis=diagnosis, reason=f"gave up after {max_attempts} model attempt(s)")
     if outcome.status is Status.NO_TRADES:

@@ -61,6 +61,13 @@ def test_loop_runs_resumes_and_skips(tmp_path: Path, ideas_file: Path, small_dat
         assert again.returncode == 0, again.stderr
         assert summary_of(again.stdout)["skipped"] == 1
         assert len(server.requests) == 2
+        # Without --json: the table and the summary, for people.
+        shown_to_people = rbi(*[a for a in args if a != "--json"], db=db, env=env, timeout=300)
+        assert shown_to_people.returncode == 0, shown_to_people.stderr
+        table = shown_to_people.stderr
+        assert "cli-sma" in table and "succeeded (skipped)" in table and "already processed" in table
+        assert "succeeded: 0 of 1 in this run; 1 processed before (skipped)" in table
+        assert "failures by class: none" in table and "tokens:" in table and "cost:" in table
     assert "sk-cli-secret" not in first.stdout + first.stderr
 
     shown = rbi("lineage", "cli-sma", db=db)

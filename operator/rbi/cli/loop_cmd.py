@@ -56,8 +56,8 @@ def summary_view(summary: LoopSummary) -> Group:
     failures = ", ".join(f"{name} {count}" for name, count in sorted(summary.failures_by_class.items())) or "none"
     mean = data["mean_improvement"]
     lines = [
-        Text.assemble(("succeeded: ", "bold"), f"{data['succeeded']} of {data['ideas']}",
-                      f" ({data['skipped']} already processed, skipped)" if data["skipped"] else ""),
+        Text.assemble(("succeeded: ", "bold"), f"{data['succeeded']} of {data['ideas']} in this run",
+                      f"; {data['skipped']} processed before (skipped)" if data["skipped"] else ""),
         Text.assemble(("failures by class: ", "bold"), failures),
         Text.assemble(("improvement: ", "bold"),
                       "—" if mean is None else f"mean {mean:+.1%} out-of-sample {summary.objective} over "

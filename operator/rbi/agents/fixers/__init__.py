@@ -1,0 +1,135 @@
+"""Deterministic rewrites of known failure patterns in generated backtesting.py (0.6.6) code.
+
+These run before any LLM is asked to repair a strategy. Each fixer is a small pure
+function over the source: it finds the failing shape with `ast` and rewrites only
+that span (by character offsets), so the rest of the file stays byte-for-byte the
+same, and running a fixer twice changes nothing the second time.
+
+- `package(code)`: before the first run, make the code use what the sandbox has
+  (pandas_ta -> TA-Lib, missing backtesting.lib helpers, pandas 3 frequency
+  aliases, unused imports of modules the sandbox does not allow).
+- `fix_for_failure(code, ...)`: after a failed run, only the fixers that match
+  the failure's class and message.
+- `diagnose_no_trades(code, stats)`: likely causes of a run with zero trades.
+
+One module per fixer (`position_size`, `freq_alias`, `entry_price`, `column_names`, `lib_helpers`,
+`ta_lib` for pandas_ta, `unused_imports`) and `no_trades`; `_source` holds the span editing they share.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+
+from rbi.agents.fixers._source import Fix, Fixer, FixResult, _parse
+from rbi.agents.fixers.column_names import _canonical, fix_column_names
+from rbi.agents.fixers.entry_price import fix_entry_price
+from rbi.agents.fixers.freq_alias import fix_freq_alias, modern_freq
+from rbi.agents.fixers.lib_helpers import fix_lib_helpers
+from rbi.agents.fixers.no_trades import diagnose_no_trades
+from rbi.agents.fixers.position_size import fix_position_size
+from rbi.agents.fixers.ta_lib import fix_pandas_ta
+from rbi.agents.fixers.unused_imports import fix_unused_imports
+
+__all__ = [
+    "Fix",
+    "FixResult",
+    "diagnose_no_trades",
+    "fix_column_names",
+    "fix_entry_price",
+    "fix_for_failure",
+    "fix_freq_alias",
+    "fix_lib_helpers",
+    "fix_pandas_ta",
+    "fix_position_size",
+    "fix_unused_imports",
+    "modern_freq",
+    "package",
+]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _line_map(old: str, new: str) -> Callable[[int | None], int | None]:
+    """Maps a line of `new` to the line of `old` it came from (inserted lines map to where they went in)."""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    table: dict[int, int] = {}
+    matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        for j in range(j1, j2):
+            if tag == "equal":
+                table[j + 1] = i1 + (j - j1) + 1
+            elif tag == "replace":
+                table[j + 1] = i1 + min(j - j1, i2 - i1 - 1) + 1
+            else:
+                table[j + 1] = min(i1 + 1, max(len(old_lines), 1))
+
+    def back(line: int | None) -> int | None:
+        return table.get(line, line) if line is not None else None
+
+    return back
+
+
+def _run(code: str, fixers: Iterable[Fixer]) -> FixResult:
+    """Run fixers in turn; every Fix.line is translated back to a line of the original code."""
+    fixes: list[Fix] = []
+    original = code
+    if _parse(code) is None:
+        return FixResult(code, (), original)
+    to_original: list[Callable[[int | None], int | None]] = []
+    for fixer in fixers:
+        new, found = fixer(code)
+        if new != code and _parse(new) is None:  # a fixer must never break the code
+            continue
+        for fix in found:
+            line = fix.line
+            for back in reversed(to_original):
+                line = back(line)
+            fixes.append(Fix(fix.fixer, line, fix.description))
+        if new != code:
+            to_original.append(_line_map(code, new))
+        code = new
+    return FixResult(code, tuple(fixes), original)
+
+
+def package(code: str) -> FixResult:
+    """Make the code use what the sandbox has, before the first run."""
+    return _run(code, (fix_pandas_ta, fix_lib_helpers, fix_freq_alias, fix_unused_imports))
+
+
+_SIZE_MESSAGE = "size must be a positive fraction"
+_QUOTED = re.compile(r"""['"]([A-Za-z_ ]+)['"]""")
+
+
+def fix_for_failure(code: str, *, error_type: str, message: str, line: int | None) -> FixResult:
+    """After a failed run, apply only the fixers that match the failure's class and message.
+
+    `line` is accepted for the caller's convenience; fixers rewrite every instance of the
+    pattern, since a second instance would fail the next run in the same way.
+    """
+    del line
+    fixers: list[Fixer] = []
+    if _SIZE_MESSAGE in message:
+        fixers.append(fix_position_size)
+    if "Invalid frequency" in message or "no longer supported for offsets" in message \
+            or re.search(r"Did you mean \w+\?", message):
+        fixers.append(fix_freq_alias)
+    if "'Position' object has no attribute" in message:
+        fixers.append(fix_entry_price)
+    if "KeyError" in message or "not in data" in message:
+        # `KeyError: 'Close'`, `Column 'close' not in data`, `"None of [Index(['Open', ...])] are in the [columns]"`
+        columns = [q for q in _QUOTED.findall(message) if _canonical(q)]
+        if columns:
+            missing = columns[0]
+            fixers.append(lambda c: fix_column_names(c, missing=missing))
+    if error_type in ("import_error", "validation_error"):
+        if "pandas_ta" in message:
+            fixers.append(fix_pandas_ta)
+        if "backtesting.lib" in message:
+            fixers.append(fix_lib_helpers)
+        fixers.append(fix_unused_imports)
+    return _run(code, fixers)
+
+

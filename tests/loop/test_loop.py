@@ -13,6 +13,7 @@ from rbi import metrics
 from rbi.engine import LocalExecutor
 from rbi.llm import LLMClient
 from rbi.loop import IdeaLoop, IdeaState, LoopSettings, parse_ideas
+from rbi.sandbox.pool import worker_environment
 from rbi.store import ResultStore
 
 from .answers import QUICK_OPTIMIZATION, fenced, research_answer, strategy_code
@@ -66,8 +67,11 @@ def test_good_path_end_to_end_on_the_bundled_data(store: ResultStore, executor: 
     idea = store.get_idea(ideas[0].key)
     assert idea is not None and idea.status == "succeeded" and idea.stage == "done"
     assert idea.best is not None and idea.best["objective"] == "sharpe_ratio"
-    # The key went to the server as a bearer token, never into a request body.
+    # The key went to the server as a bearer token, never into a request body, and never to a sandbox:
+    # workers start with a fixed allow-list of variables (tests/sandbox checks it from inside a run).
     assert all("NEVER-IN-THE-SANDBOX" not in r.text for r in requests)
+    assert requests[0].headers["authorization"] == "Bearer sk-test-scripted"
+    assert not any("NEVER-IN-THE-SANDBOX" in value for value in worker_environment().values())
 
 
 # --------------------------------------------------------------------------- debugging

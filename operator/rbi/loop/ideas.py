@@ -3,7 +3,8 @@
 - Lines starting with `#` are comments; blank lines separate paragraphs.
 - A line that is exactly `---` separates ideas explicitly: then each section is one idea, however long.
 - Otherwise, when blank lines separate several paragraphs and some paragraph spans several lines, each
-  paragraph is one idea (a file of descriptions); else each line is one idea. `fmt` forces either reading.
+  paragraph is one idea (a file of descriptions); else each line is one idea. A block of list items
+  (`-`, `*`, `1.`) is a list, one idea per item. `fmt` forces either reading.
 - A leading list marker (`-`, `*`, `1.`) is dropped. The same idea twice counts once.
 """
 
@@ -67,7 +68,9 @@ def parse_ideas(text: str, *, fmt: IdeasFormat = "auto", source: str = "ideas") 
         current.append(line)
     flush()
     # Paragraph mode needs evidence: several blank-line separated blocks, one of them spanning lines.
-    paragraphs = len(blocks) > 1 and any(len(lines) > 1 for _, lines in blocks)
+    # (A block whose every line is a list item is a list of ideas, not a paragraph.)
+    paragraphs = len(blocks) > 1 and any(len(lines) > 1 and not all(_MARKER.match(line) for line in lines)
+                                         for _, lines in blocks)
     per_line = fmt == "lines" or (fmt == "auto" and not explicit and not paragraphs)
     ideas: list[Idea] = []
     seen: set[str] = set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,13 +15,13 @@ import kopf
 import pytest
 import pytest_asyncio
 
+from k8s_operator.emulator import ApiServer
+from k8s_operator.kubelet import Kubelet
 from rbi.k8s.manifests import JobOptions
 from rbi.operator.queue import JobQueue
 from rbi.operator.settings import OperatorSettings
 from rbi.operator.state import OperatorState
 from rbi.store import ResultStore
-from k8s_operator.emulator import ApiServer
-from k8s_operator.kubelet import Kubelet
 
 NAMESPACE = "rbi-test"
 BTS = "/apis/rbi.dev/v1alpha1/namespaces/rbi-test/backteststrategies"
@@ -120,12 +120,16 @@ def settings(tmp_path: Path, **overrides: Any) -> OperatorSettings:
 
 
 class Operators:
-    """Start an operator in this event loop; stop it (a crash or a rollout) and start another."""
+    """Start an operator; stop it (a crash or a rollout) and start another.
+
+    Each runs in its own thread and event loop, as in production: kopf cancels every task
+    of its loop when it stops, which must not include the API server's or the kubelet's.
+    """
 
     def __init__(self, cluster: Cluster, tmp_path: Path) -> None:
         self.cluster = cluster
         self.tmp_path = tmp_path
-        self.running: list[tuple[asyncio.Task[None], asyncio.Event, OperatorState]] = []
+        self.running: list[tuple[threading.Thread, threading.Event, OperatorState]] = []
 
     async def start(self, **overrides: Any) -> OperatorState:
         from rbi.cli.operator_cmd import run_operator
@@ -134,30 +138,39 @@ class Operators:
         store = ResultStore(str(config.db_url))
         store.migrate()
         state = OperatorState(settings=config, store=store, queue=JobQueue(config.max_active_jobs))
-        stop, ready = asyncio.Event(), asyncio.Event()
+        stop, ready = threading.Event(), threading.Event()
+        url = self.cluster.url
 
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=self.cluster.url, insecure=True, default_namespace=NAMESPACE)
+            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace=NAMESPACE)
 
-        task = asyncio.create_task(run_operator(config, state=state, login=login, stop_flag=stop, ready_flag=ready))
-        await asyncio.wait_for(ready.wait(), 30)
-        await state.ready()
-        self.running.append((task, stop, state))
+        def main() -> None:
+            asyncio.run(run_operator(config, state=state, login=login, stop_flag=stop, ready_flag=ready))
+
+        thread = threading.Thread(target=main, name="operator", daemon=True)
+        thread.start()
+        await asyncio.to_thread(ready.wait, 30)
+        await self.cluster.wait_for("the operator to log in", lambda: _value(state.api is not None), timeout=30)
+        self.running.append((thread, stop, state))
         return state
 
     async def stop(self, state: OperatorState) -> None:
         for item in list(self.running):
-            task, stop, current = item
+            thread, stop, current = item
             if current is state:
                 stop.set()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(task, 30)
+                await asyncio.to_thread(thread.join, 30)
+                assert not thread.is_alive(), "the operator did not stop"
                 self.running.remove(item)
                 state.store.close()
 
     async def stop_all(self) -> None:
         for _, _, state in list(self.running):
             await self.stop(state)
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 @pytest_asyncio.fixture()

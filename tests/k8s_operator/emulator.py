@@ -46,6 +46,8 @@ class ApiServer(KubernetesEmulator):
             version = str(next(self._versions))
             if request.action == kmock.action.CREATE:
                 meta = data.setdefault("metadata", {})
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:8]}"
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
                 meta.setdefault("generation", 1)
@@ -56,7 +58,7 @@ class ApiServer(KubernetesEmulator):
                 meta["resourceVersion"] = version
                 if "spec" in data and request.subresource is None and request.name is not None:
                     key = (request.resource, request.namespace, request.name)
-                    current = self.objects[key] if key in self.objects else None  # type: ignore[index]
+                    current = self.objects.get(key)
                     if current is not None and not current.deleted and current.get("spec") != data["spec"]:
                         meta["generation"] = int((current.get("metadata") or {}).get("generation") or 1) + 1
                 if request.subresource == "status":

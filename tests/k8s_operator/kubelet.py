@@ -56,6 +56,7 @@ class Kubelet:
         self._session: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task[None] | None = None
         self._frames: dict[str, int] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -92,7 +93,7 @@ class Kubelet:
                     async for line in response.content:
                         if line.strip():
                             self._on_event(json.loads(line))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            except (TimeoutError, aiohttp.ClientError, ValueError):
                 await asyncio.sleep(0.2)
 
     def _on_event(self, event: dict[str, Any]) -> None:
@@ -105,7 +106,9 @@ class Kubelet:
             if task is not None:
                 task.cancel()
             self._live_jobs.discard(name)
-            asyncio.create_task(self._delete_pods(name))
+            cleanup = asyncio.create_task(self._delete_pods(name))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
             return
         conditions = (job.get("status") or {}).get("conditions") or []
         if name in self._seen or any(c.get("status") == "True" for c in conditions):

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from rbi.store import ResultStore
 from k8s_operator.conftest import REPO, Cluster, Operators
+from k8s_operator.kubelet import Kubelet
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 SMA = (REPO / "examples" / "strategies" / "sma_cross.py").read_text()
@@ -41,3 +41,184 @@ async def wait_events(cluster: Cluster, reasons: set[str]) -> list[dict[str, Any
 
     found: list[dict[str, Any]] = await cluster.wait_for(f"events {reasons}", check, timeout=20)
     return found
+
+
+FAILING = '''
+from backtesting import Strategy
+
+
+class Broken(Strategy):
+    def init(self):
+        pass
+
+    def next(self):
+        if len(self.data) > 50:
+            raise ZeroDivisionError("the strategy divided by zero")
+'''
+
+SLOW = '''
+from backtesting import Strategy
+
+
+class Forever(Strategy):
+    def init(self):
+        while True:
+            pass
+
+    def next(self):
+        pass
+'''
+
+HUNGRY = '''
+from backtesting import Strategy
+
+
+class Hungry(Strategy):
+    def init(self):
+        self.blocks = []
+        while True:
+            self.blocks.append(bytearray(64 * 2**20))
+
+    def next(self):
+        pass
+'''
+
+
+async def test_failing_strategy_has_its_class(cluster: Cluster, operators: Operators) -> None:
+    state = await operators.start()
+    await cluster.apply(strategy("broken", FAILING))
+    body = await cluster.wait_phase("broken", {"Succeeded", "NoTrades", "Failed"})
+    status = body["status"]
+    assert status["phase"] == "Failed"
+    assert status["failureClass"] == "runtime_error"
+    assert status["reason"] == "RuntimeError"
+    assert "divided by zero" in status["message"]
+    [run] = state.store.list_runs(name="broken")
+    assert run.status == "failed" and run.error_type == "runtime_error"
+    await wait_events(cluster, {"RunFailed"})
+
+
+async def test_timeout_is_deadline_exceeded(cluster: Cluster, operators: Operators) -> None:
+    await operators.start()
+    await cluster.apply(strategy("slow", SLOW, limits={"timeoutSeconds": 3}))
+    body = await cluster.wait_phase("slow", {"Succeeded", "NoTrades", "Failed"})
+    assert body["status"]["failureClass"] == "timeout", body["status"]
+    [job] = await cluster.jobs()
+    assert job["spec"]["activeDeadlineSeconds"] == 3 + 60
+    assert job["status"]["conditions"][0]["reason"] == "DeadlineExceeded"
+
+
+async def test_oom_killed_is_memory_limit(cluster: Cluster, operators: Operators) -> None:
+    await operators.start()
+    await cluster.apply(strategy("hungry", HUNGRY, limits={"memory": "256Mi"}))
+    body = await cluster.wait_phase("hungry", {"Succeeded", "NoTrades", "Failed"})
+    assert body["status"]["failureClass"] == "memory_limit", body["status"]
+    assert "OOMKilled" in body["status"]["message"]
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ({"code": SMA, "idea": "buy low"}, "exactly one of code, codeFrom, idea"),
+    ({"code": SMA, "paramz": {"fast": 1}}, "unknown field(s) in spec"),
+    ({"code": SMA, "limits": {"memory": "lots"}}, "spec.limits"),
+    ({"code": "import os\nos.system('curl evil')\n"}, "line 2: os.system is not allowed"),
+])
+async def test_malformed_resource_is_rejected_with_a_clear_message(cluster: Cluster, operators: Operators,
+                                                                   spec: dict[str, Any], needle: str) -> None:
+    await operators.start()
+    await cluster.apply({"apiVersion": "rbi.dev/v1alpha1", "kind": "BacktestStrategy",
+                         "metadata": {"name": "bad"}, "spec": spec})
+    body = await cluster.wait_phase("bad", {"Failed"})
+    assert needle in body["status"]["message"], body["status"]
+    assert body["status"]["reason"] in ("InvalidSpec", "ValidationError")
+    assert await cluster.jobs() == []
+
+
+async def test_restart_mid_run_keeps_one_job_and_the_result(cluster: Cluster, operators: Operators,
+                                                            kubelet: Kubelet) -> None:
+    kubelet.hold.clear()
+    first = await operators.start()
+    await cluster.apply(strategy("sma", SMA))
+    await cluster.wait_for("the pod to run", lambda: _some(kubelet.running_pods))
+    await operators.stop(first)  # the operator dies while the Job runs …
+    kubelet.hold.set()  # … and the Job finishes while no operator watches
+
+    async def job_done() -> bool:
+        return all(j.get("status", {}).get("conditions") for j in await cluster.jobs())
+
+    await cluster.wait_for("the Job to finish", job_done)
+    assert (await cluster.get("sma"))["status"]["phase"] == "Running"  # type: ignore[index]
+    second = await operators.start()
+    body = await cluster.wait_phase("sma", {"Succeeded", "NoTrades", "Failed"})
+    assert body["status"]["phase"] == "Succeeded"
+    jobs = await cluster.jobs()
+    assert len(jobs) == 1 and list(kubelet.jobs_started.values()) == [1]
+    assert len(second.store.list_runs(name="sma")) == 1
+
+
+async def test_restart_while_queued_and_running_creates_no_duplicates(cluster: Cluster, operators: Operators,
+                                                                      kubelet: Kubelet) -> None:
+    kubelet.hold.clear()
+    first = await operators.start(max_active_jobs=2)
+    for index in range(5):
+        await cluster.apply(strategy(f"s{index}", SMA, params={"fast": 5 + index, "slow": 40}))
+    await cluster.wait_for("two pods", lambda: _some(len(kubelet.running_pods) == 2 or None))
+    assert len(await cluster.jobs()) == 2  # the bound holds: three wait in the queue
+    await operators.stop(first)
+    second = await operators.start(max_active_jobs=2)
+    kubelet.hold.set()
+    for index in range(5):
+        await cluster.wait_phase(f"s{index}", {"Succeeded", "NoTrades", "Failed"}, timeout=90)
+    assert kubelet.max_concurrent_jobs <= 2
+    assert len(await cluster.jobs()) == 5 and set(kubelet.jobs_started.values()) == {1}
+    assert second.queue.stats.peak_active <= 2
+    assert len(second.store.list_runs(limit=100)) == 5
+
+
+async def _some(value: Any) -> Any:
+    return value
+
+
+async def test_optimization_creates_an_owned_child_then_deletion_cleans_up(cluster: Cluster,
+                                                                           operators: Operators,
+                                                                           kubelet: Kubelet) -> None:
+    state = await operators.start()
+    parent = await cluster.apply(strategy("opt", SMA, params={"fast": 50, "slow": 300}, optimization={
+        "objective": "num_trades", "method": "grid", "maxTrials": 4, "maxIterations": 1, "minImprovement": 0.0,
+        "space": {"fast": {"type": "int", "low": 5, "high": 50, "step": 45},
+                  "slow": {"type": "int", "low": 60, "high": 300, "step": 240}},
+        "validation": {"holdout": 0.3}, "seed": 1}))
+    body = await cluster.wait_phase("opt", {"Succeeded", "Failed"}, timeout=120)
+    body = await cluster.wait_for("the loop to end", lambda: _done(cluster), timeout=120)
+    opt = body["status"]["optimization"]
+    assert opt["bestChild"] == "opt-v2", opt
+    assert opt["iteration"] == 1 and opt["improvement"] > 0
+    child = await cluster.wait_phase("opt-v2", {"Succeeded", "NoTrades"}, timeout=60)
+    [owner] = child["metadata"]["ownerReferences"]
+    assert owner["uid"] == parent["metadata"]["uid"] and owner["kind"] == "BacktestStrategy" and owner["controller"]
+    assert child["metadata"]["labels"]["rbi.dev/lineage-root"] == "opt"
+    assert child["metadata"]["labels"]["rbi.dev/version"] == "2"
+    assert child["metadata"]["labels"]["rbi.dev/parent"] == "opt"
+    assert child["spec"]["params"] == {"fast": 5, "slow": 60}
+    assert child["status"]["version"] == 2 and child["status"]["parent"] == "opt"
+    [step] = state.store.lineage("opt")
+    assert (step.parent_version, step.child_version) == (1, 2)
+    assert len(state.store.trials("opt")) == 4
+    trial_jobs = [j for j in await cluster.jobs() if j["metadata"]["labels"]["rbi.dev/purpose"] == "trials"]
+    assert trial_jobs[0]["spec"]["completionMode"] == "Indexed" and trial_jobs[0]["spec"]["completions"] == 2
+    await wait_events(cluster, {"ChildCreated", "OptimizationDone"})
+
+    await cluster.call("DELETE", "/apis/rbi.dev/v1alpha1/namespaces/rbi-test/backteststrategies/opt")
+
+    async def gone() -> bool:
+        names = {b["metadata"]["name"] for b in await cluster.items(
+            "/apis/rbi.dev/v1alpha1/namespaces/rbi-test/backteststrategies")}
+        pods = await cluster.items("/api/v1/namespaces/rbi-test/pods")
+        maps = [c for c in await cluster.items("/api/v1/namespaces/rbi-test/configmaps")]
+        return not names and not await cluster.jobs() and not pods and not maps
+
+    await cluster.wait_for("the parent, its Jobs, pods, ConfigMaps and child to be gone", gone, timeout=30)
+
+
+async def _done(cluster: Cluster) -> dict[str, Any] | None:
+    body = await cluster.get("opt")
+    return body if ((body or {}).get("status") or {}).get("optimization", {}).get("state") == "done" else None

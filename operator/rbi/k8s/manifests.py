@@ -307,3 +307,26 @@ def build_child_strategy(*, parent: Mapping[str, Any], root: str, version: int, 
         },
         "spec": spec,
     }
+
+
+def build_event(*, involved: Mapping[str, Any], reason: str, message: str, warning: bool = False,
+                component: str = "rbi-operator", now: str) -> dict[str, Any]:
+    """A core/v1 Event on a resource: what `kubectl describe` lists under Events."""
+    meta = involved["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name'][:40]}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": involved.get("apiVersion", API_VERSION), "kind": involved.get("kind", KIND),
+                           "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+        "reason": reason[:128],
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "action": reason[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from rbi.k8s import manifests as m
-from rbi.operator import phases
+from rbi.operator import events, phases
 from rbi.operator.kube import bts_path, configmap_path
 from rbi.operator.state import OperatorState
 from rbi.outcome import FailureClass, RunOutcome
@@ -85,7 +85,7 @@ async def generate(state: OperatorState, body: Any) -> str:
     await _save(state, body, code, {"generated.json": json.dumps({
         "name": str(getattr(generated, "name", "")), "strategyClass": getattr(generated, "strategy_class", None),
         "params": getattr(generated, "params", None) or {}}, default=str)})
-    phases.post(body, reason="CodeGenerated", message=f"the agents wrote {len(code.splitlines())} lines of code")
+    events.post(state, body, reason="CodeGenerated", message=f"the agents wrote {len(code.splitlines())} lines of code")
     return code
 
 
@@ -110,7 +110,7 @@ async def maybe_debug(state: OperatorState, body: Any, outcome: RunOutcome) -> b
         agents = _agents()
         client = _client(state)
     except runs.InvalidStrategy as exc:
-        phases.post(body, reason=exc.reason, message=str(exc), warning=True)
+        events.post(state, body, reason=exc.reason, message=str(exc), warning=True)
         return False
     await runs.patch_status(state, body, {"phase": phases.DEBUGGING, "reason": "Debugging",
                                           "message": f"debug attempt {attempt + 1}: {outcome.error.message[:300]}"})
@@ -120,7 +120,7 @@ async def maybe_debug(state: OperatorState, body: Any, outcome: RunOutcome) -> b
         result = await asyncio.to_thread(agents.debug_code, code, outcome, client=client, attempt=attempt + 1,
                                          previous_errors=previous)
     except Exception as exc:
-        phases.post(body, reason="DebugFailed", message=f"the debug agent failed: {exc}", warning=True)
+        events.post(state, body, reason="DebugFailed", message=f"the debug agent failed: {exc}", warning=True)
         await runs.patch_status(state, body, {"phase": phases.FAILED, "reason": "DebugFailed"})
         return True
     fixed = getattr(result, "code", None)
@@ -130,7 +130,8 @@ async def maybe_debug(state: OperatorState, body: Any, outcome: RunOutcome) -> b
                                                          f"{outcome.error.message[:300]}"})
         return True
     await _save(state, body, fixed, {})
-    phases.post(body, reason="CodeDebugged", message=f"debug attempt {attempt + 1} changed the code; running again")
+    events.post(state, body, reason="CodeDebugged",
+                message=f"debug attempt {attempt + 1} changed the code; running again")
     await runs.patch_status(state, body, {"attempt": attempt + 1, "previousErrors": [
         *previous, f"{outcome.error.type}: {outcome.error.message[:200]}"]})
     fresh = await state.kube.get(bts_path(body["metadata"]["namespace"], body["metadata"]["name"]))

@@ -23,7 +23,7 @@ from typing import Any
 from rbi import metrics
 from rbi.k8s import manifests as m
 from rbi.k8s.results import needs_log, parse_termination_message, trial_outcomes
-from rbi.operator import phases, runs
+from rbi.operator import events, phases, runs
 from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path
 from rbi.operator.state import OperatorState
 from rbi.optimize.search import ParameterSearch, objective_value
@@ -160,7 +160,7 @@ async def _submit_stage(state: OperatorState, body: Any) -> None:
             return False
         if created:
             metrics.JOBS_CREATED.inc()
-            phases.post(fresh, reason="JobCreated", message=f"{stage} Job {key}: {len(trials)} trial(s) in "
+            events.post(state, fresh, reason="JobCreated", message=f"{stage} Job {key}: {len(trials)} trial(s) in "
                       f"{shards} shard(s), iteration {iteration}")
         await _patch_opt(state, fresh, {"job": key})
         return True
@@ -311,7 +311,7 @@ async def _promote(state: OperatorState, body: Any, params: dict[str, Any], gain
                                    changes=json.dumps(diff))
     created_child, created = await state.kube.create(bts_path(namespace), child)
     if created:
-        phases.post(body, reason="ChildCreated", message=f"v{version} promoted as {child['metadata']['name']}: "
+        events.post(state, body, reason="ChildCreated", message=f"v{version} promoted as {child['metadata']['name']}: "
                   f"{json.dumps(diff)}, out-of-sample improvement {gain:+.1%}")
     return created_child if created_child.get("metadata", {}).get("labels") else child
 
@@ -321,7 +321,7 @@ async def _finish_loop(state: OperatorState, body: Any, reason: str) -> None:
     state.searches.pop((namespace, name), None)
     await _patch_opt(state, body, {"state": DONE, "stopReason": reason, "job": None}, phase=phases.SUCCEEDED,
                      reason="OptimizationDone", message=reason[:1000])
-    phases.post(body, reason="OptimizationDone", message=reason[:1000])
+    events.post(state, body, reason="OptimizationDone", message=reason[:1000])
 
 
 def _finite(value: Any) -> float | None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,17 +36,6 @@ _ALLOWED: dict[str | None, frozenset[str]] = {
     FAILED: frozenset({PENDING, GENERATING, DEBUGGING, FAILED}),
     OPTIMIZING: frozenset({OPTIMIZING, SUCCEEDED, PENDING, GENERATING, FAILED}),
 }
-
-
-def post(body: Any, *, reason: str, message: str, warning: bool = False) -> None:
-    """A Kubernetes Event on the resource (what `kubectl describe` shows); posted by kopf in the background."""
-    import kopf
-
-    poster = kopf.warn if warning else kopf.info
-    try:
-        poster(body, reason=reason, message=message[:1024])
-    except LookupError:  # outside kopf's context (a unit test calling a function directly)
-        logging.getLogger(__name__).info("event %s on %s: %s", reason, body["metadata"].get("name"), message)
 
 
 def can_move(current: str | None, new: str) -> bool:

@@ -22,7 +22,7 @@ from rbi.errors import ExtractionError, SpecError
 from rbi.k8s import manifests as m
 from rbi.k8s.reasons import stuck_pod_failure
 from rbi.k8s.results import needs_log, parse_termination_message, run_outcome
-from rbi.operator import phases
+from rbi.operator import events, phases
 from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path, netpol_path, pod_path
 from rbi.operator.state import OperatorState
 from rbi.outcome import FailureClass, RunError, RunOutcome
@@ -101,10 +101,14 @@ def track_phase(state: OperatorState, namespace: str, name: str, phase: str | No
 async def resolve_code(state: OperatorState, body: Any) -> tuple[str, bool]:
     """The code to run and whether an agent wrote it (spec.idea, or a debugged version)."""
     namespace, name, _, _ = ident(body)
+    spec = body.get("spec") or {}
+    sources = [key for key in ("code", "codeFrom", "idea") if spec.get(key) is not None]
+    if len(sources) != 1:  # the CRD's CEL rule says the same; checked here for API servers without CEL
+        raise InvalidStrategy(FailureClass.VALIDATION_ERROR, "spec must set exactly one of code, codeFrom, idea "
+                              f"(found: {', '.join(sources) or 'none'})")
     override = await state.kube.get(configmap_path(namespace, generated_configmap(name)))
     if override is not None:
         return str((override.get("data") or {}).get("strategy.py") or ""), True
-    spec = body.get("spec") or {}
     if isinstance(spec.get("code"), str):
         return spec["code"], False
     ref = spec.get("codeFrom")
@@ -171,10 +175,13 @@ def plan(state: OperatorState, body: Any, code: str, *, generated: bool = False)
     violations = check_code(extracted)
     syntax = [v for v in violations if v.rule == "syntax"]
     if syntax:
-        raise InvalidStrategy(FailureClass.SYNTAX_ERROR, f"line {syntax[0].line}: {syntax[0].message}",
+        first = syntax[0]
+        message = first.message if first.message.startswith("line ") else f"line {first.line}: {first.message}"
+        raise InvalidStrategy(FailureClass.SYNTAX_ERROR, message,
                               reason="SyntaxError", code=extracted)
     if spec.static_checks and violations:
-        summary = "; ".join(f"line {v.line}: {v.message}" for v in violations[:5])
+        summary = "; ".join(v.message if v.message.startswith("line ") else f"line {v.line}: {v.message}"
+                            for v in violations[:5])
         raise InvalidStrategy(FailureClass.VALIDATION_ERROR, summary, reason="ValidationError", code=extracted)
     mode = detect_mode(extracted) if spec.mode == "auto" else spec.mode
     data = (body.get("spec") or {}).get("data")
@@ -223,7 +230,7 @@ async def reconcile(state: OperatorState, body: Any, *, resumed: bool = False) -
                 await patch_status(state, body, {"phase": phases.RUNNING, "reason": "JobRunning"})
             return
         if phase == phases.RUNNING and status.get("completedJob") != job_name:
-            phases.post(body, reason="JobLost", warning=True,
+            events.post(state, body, reason="JobLost", warning=True,
                         message=f"Job {job_name} disappeared before its result was read; running again")
     await submit(state, body)
 
@@ -288,7 +295,7 @@ async def fail_invalid(state: OperatorState, body: Any, exc: InvalidStrategy) ->
     await patch_status(state, body, {"phase": phases.FAILED, "reason": exc.reason, "message": str(exc)[:2000],
                                      "failureClass": str(exc.kind), "observedGeneration": generation,
                                      "runId": run_id, "finishedAt": phases.now(), "jobName": None})
-    phases.post(body, reason=exc.reason, message=str(exc)[:1000], warning=True)
+    events.post(state, body, reason=exc.reason, message=str(exc)[:1000], warning=True)
 
 
 def _record(state: OperatorState, root: str, version: int, outcome: RunOutcome, dataset: str | None,
@@ -343,7 +350,7 @@ async def start_job(state: OperatorState, namespace: str, name: str, key: str, p
         return False
     if created:
         metrics.JOBS_CREATED.inc()
-        phases.post(body, reason="JobCreated", message=f"Job {key} created")
+        events.post(state, body, reason="JobCreated", message=f"Job {key} created")
     await patch_status(state, body, {"phase": phases.RUNNING, "reason": "JobRunning", "startedAt": phases.now(),
                                      "message": f"Job {key} is running"})
     return True

@@ -100,8 +100,9 @@ def test_child_strategy_matches_the_crd_and_names_its_lineage() -> None:
                                    changes='{"fast": [20, 5]}')
     validate_cr(child)
     assert child["metadata"]["name"] == "sma-cross-v3"
-    assert child["metadata"]["labels"] == {"rbi.dev/lineage-root": "sma-cross", "rbi.dev/version": "3",
-                                           "rbi.dev/parent": "sma-cross", "app.kubernetes.io/managed-by": "rbi-operator"}
+    assert child["metadata"]["labels"] == {
+        "rbi.dev/lineage-root": "sma-cross", "rbi.dev/version": "3", "rbi.dev/parent": "sma-cross",
+        "app.kubernetes.io/managed-by": "rbi-operator"}
     assert "optimization" not in child["spec"] and child["spec"]["code"] == "x = 2"
     assert child["metadata"]["ownerReferences"][0]["controller"] is True
     assert m.child_name("a" * 63, 1000).endswith("-v1000") and len(m.child_name("a" * 63, 1000)) == 63

@@ -78,7 +78,8 @@ async def generate(state: OperatorState, body: Any) -> str:
     client = _client(state)
     idea = str((body.get("spec") or {}).get("idea"))
     try:
-        generated = await asyncio.to_thread(agents.generate_strategy, idea, client=client, store=None)
+        generated = await asyncio.to_thread(agents.generate_strategy, idea, client=client, store=state.store,
+                                            name=body["metadata"]["name"])
     except Exception as exc:  # an LLM outage is infrastructure: kopf retries the handler later
         raise kopf.TemporaryError(f"the LLM agents failed to write the strategy: {exc}", delay=30) from exc
     code = str(generated.code)
@@ -124,9 +125,11 @@ async def maybe_debug(state: OperatorState, body: Any, outcome: RunOutcome) -> b
         await runs.patch_status(state, body, {"phase": phases.FAILED, "reason": "DebugFailed"})
         return True
     fixed = getattr(result, "code", None)
-    if not isinstance(fixed, str) or not fixed.strip() or fixed == code:
+    if getattr(result, "gave_up", False) or not getattr(result, "changed", True) or not isinstance(
+            fixed, str) or not fixed.strip() or fixed == code:
+        why = str(getattr(result, "reason", "") or "the agent proposed no change")
         await runs.patch_status(state, body, {"phase": phases.FAILED, "reason": "DebugGaveUp",
-                                              "message": f"no fix after {attempt + 1} attempt(s): "
+                                              "message": f"no fix after {attempt + 1} attempt(s) ({why[:200]}): "
                                                          f"{outcome.error.message[:300]}"})
         return True
     await _save(state, body, fixed, {})

@@ -34,6 +34,10 @@ VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 @attrs.define(kw_only=True)
 class ApiServer(KubernetesEmulator):
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    # kmock keeps every request for assertions and matches each new one against that history,
+    # which makes a request cost O(requests so far). These tests never assert on old requests,
+    # so a request leaves the history once it is answered (watches stay while they stream).
+    forget_requests: bool = True
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -63,4 +67,11 @@ class ApiServer(KubernetesEmulator):
                         meta["generation"] = int((current.get("metadata") or {}).get("generation") or 1) + 1
                 if request.subresource == "status":
                     data.pop("spec", None)
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if self.forget_requests:
+                for index in range(len(self._requests) - 1, -1, -1):
+                    if self._requests[index] is request:
+                        del self._requests[index]
+                        break

@@ -166,11 +166,18 @@ class Kubelet:
                "metadata": {"name": pod_name, "namespace": self.namespace, "labels": labels},
                "spec": template["spec"], "status": {"phase": "Pending"}}
         await self._call("POST", f"/api/v1/namespaces/{self.namespace}/pods", pod)
+        container = template["spec"]["containers"][0]
+        if "does-not-exist" in container["image"]:  # a registry without the image: the pod never starts
+            for reason in ("ErrImagePull", "ImagePullBackOff"):
+                await self._call("PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{pod_name}/status", {
+                    "status": {"phase": "Pending", "containerStatuses": [{
+                        "name": CONTAINER, "ready": False, "restartCount": 0, "image": container["image"],
+                        "imageID": "", "state": {"waiting": {"reason": reason, "message": "not found"}}}]}})
+            await asyncio.Event().wait()  # until the Job is deleted
         await self._call("PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{pod_name}/status",
                          {"status": {"phase": "Running", "startTime": _now()}})
         self.running_pods.add(pod_name)
         await self.hold.wait()
-        container = template["spec"]["containers"][0]
         try:
             async with self._slots:
                 result = await self._container(job, container, index)

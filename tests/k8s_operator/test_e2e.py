@@ -222,3 +222,38 @@ async def test_optimization_creates_an_owned_child_then_deletion_cleans_up(clust
 async def _done(cluster: Cluster) -> dict[str, Any] | None:
     body = await cluster.get("opt")
     return body if ((body or {}).get("status") or {}).get("optimization", {}).get("state") == "done" else None
+
+
+async def test_image_pull_errors_are_sandbox_errors(cluster: Cluster, operators: Operators) -> None:
+    from rbi.k8s.manifests import JobOptions
+
+    await operators.start(job=JobOptions(image="registry.invalid/does-not-exist:1"))
+    await cluster.apply(strategy("nopull", SMA))
+    body = await cluster.wait_phase("nopull", {"Succeeded", "NoTrades", "Failed"})
+    assert body["status"]["failureClass"] == "sandbox_error" and "ImagePullBackOff" in body["status"]["message"]
+    await cluster.wait_for("the stuck Job to be deleted", lambda: _none(cluster.jobs()))
+
+
+async def test_metrics_and_liveness_are_served(cluster: Cluster, operators: Operators) -> None:
+    import socket
+
+    import aiohttp
+
+    from rbi import metrics
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = metrics.RUNS.labels(executor="job", status="succeeded", failure_class="none")._value.get()
+    await operators.start(liveness_port=port)
+    await cluster.apply(strategy("sma", SMA))
+    await cluster.wait_phase("sma", {"Succeeded"})
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
+        assert response.status == 200
+    assert metrics.RUNS.labels(executor="job", status="succeeded", failure_class="none")._value.get() == before + 1
+    assert metrics.JOBS_CREATED._value.get() >= 1 and metrics.ACTIVE_JOBS._value.get() == 0
+    assert metrics.QUEUE_DEPTH._value.get() == 0
+
+
+async def _none(awaitable: Any) -> bool:
+    return not await awaitable

@@ -84,8 +84,9 @@ def test_kubernetes_reasons_map_to_failure_classes(the_job: dict[str, Any], the_
                                                    expected: FailureClass) -> None:
     error = job_failure(the_job, [the_pod])
     assert error is not None and error.type is expected
-    if expected is FailureClass.SANDBOX_ERROR:
-        assert stuck_pod_failure(the_pod) is not None
+    waiting = the_pod["status"]["containerStatuses"][0]["state"].get("waiting") or {}
+    stuck = stuck_pod_failure(the_pod)
+    assert (stuck is not None) == (waiting.get("reason") == "ImagePullBackOff")  # ErrImagePull may still recover
 
 
 def test_job_state_waits_for_the_final_condition() -> None:

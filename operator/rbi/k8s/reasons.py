@@ -99,11 +99,15 @@ def pod_failure(pod: Mapping[str, Any]) -> RunError | None:
     return None
 
 
+# ErrImagePull alone may be a registry hiccup that the kubelet's next try survives; after a failed
+# retry the pod shows ImagePullBackOff, and then it is stuck.
+STUCK = (IMAGE_ERRORS - {"ErrImagePull"}) | (CONFIG_ERRORS - {"CrashLoopBackOff"})
+
+
 def stuck_pod_failure(pod: Mapping[str, Any]) -> RunError | None:
     """A pod that will never run (image or config errors): the operator ends its Job instead of waiting."""
     error = pod_failure(pod)
-    return error if error is not None and error.type is FailureClass.SANDBOX_ERROR and error.detail in (
-        IMAGE_ERRORS | CONFIG_ERRORS) else None
+    return error if error is not None and error.type is FailureClass.SANDBOX_ERROR and error.detail in STUCK else None
 
 
 def job_failure(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> RunError | None:

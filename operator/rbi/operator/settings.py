@@ -35,8 +35,6 @@ class OperatorSettings:
     code_dirs: tuple[Path, ...] = ()
     # Create the default-deny NetworkPolicy in each namespace (the chart may own it instead).
     network_policy: bool = True
-    # How long a pod may sit in ImagePullBackOff and the like before its run fails as sandbox_error.
-    stuck_pod_grace_seconds: float = 0.0
     # LLM debug attempts for generated code when a strategy does not set spec.llm.maxDebugAttempts.
     idea_debug_attempts: int = 2
 

@@ -55,6 +55,7 @@ def rss_mib() -> float:
 
 async def serve(job_seconds: float) -> None:
     import kmock
+
     from k8s_operator.emulator import ApiServer
     from k8s_operator.kubelet import Kubelet
 
@@ -107,7 +108,7 @@ async def measure(url: str, count: int, max_active: int, state: Any) -> dict[str
             if sum(phases.get(p, 0) for p in TERMINAL) == count:
                 finished = time.monotonic() - started
                 break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
         async with session.get(url + "/kubelet-stats") as response:
             kubelet = await response.json(content_type=None)
     waits = sorted(state.queue.stats.waits)

@@ -44,6 +44,17 @@ class ApiServer(KubernetesEmulator):
         for key, info in RESOURCES.items():
             self.resources[key] = kmock.ResourceInfo(verbs=VERBS, **info)
 
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        """Lists honour `labelSelector` equalities (k=v,k2=v2), as a real API server does."""
+        result = await super()._serve_list(request)
+        selector = dict(request.params or {}).get("labelSelector")
+        if selector and isinstance(result, dict):
+            wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+            result["items"] = [item for item in result["items"]
+                               if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v
+                                      for k, v in wanted.items())]
+        return result
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         data = request.data
         if request.resource is not None and isinstance(data, dict):

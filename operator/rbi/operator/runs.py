@@ -463,7 +463,7 @@ async def finish(state: OperatorState, body: Any, outcome: RunOutcome, *, job: s
 
 
 async def on_deleted(state: OperatorState, body: Any) -> None:
-    """Remove what the resource made: queued runs, Jobs (and their pods), ConfigMaps, child versions.
+    """Remove what the resource made: queued runs, Jobs (their pods follow), ConfigMaps, child versions.
 
     ownerReferences let the cluster's garbage collector do the same; doing it here as well
     also drops the queue entries and works where no collector runs.
@@ -476,9 +476,8 @@ async def on_deleted(state: OperatorState, body: Any) -> None:
     for job in await state.kube.list(job_path(namespace), labels=selector):
         if _owned_by(job, uid):
             state.queue.release(job["metadata"]["name"])
+            # propagationPolicy Background: the cluster removes the Job's pods (no pod delete rights needed).
             await state.kube.delete(job_path(namespace, job["metadata"]["name"]))
-            for pod in await job_pods(state, namespace, job["metadata"]["name"]):
-                await state.kube.delete(pod_path(namespace, pod["metadata"]["name"]))
     for configmap in await state.kube.list(configmap_path(namespace), labels=selector):
         if _owned_by(configmap, uid):
             await state.kube.delete(configmap_path(namespace, configmap["metadata"]["name"]))

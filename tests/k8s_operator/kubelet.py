@@ -47,6 +47,8 @@ class Kubelet:
         self.jobs_started: Counter[str] = Counter()
         self.hold = asyncio.Event()
         self.hold.set()  # clear() to keep new pods Running until set() again
+        self.hold_trials = asyncio.Event()
+        self.hold_trials.set()  # the same, for the pods of trial and validation Jobs only
         self.running_pods: set[str] = set()
         self.max_concurrent_jobs = 0
         self._live_jobs: set[str] = set()
@@ -178,6 +180,8 @@ class Kubelet:
                          {"status": {"phase": "Running", "startTime": _now()}})
         self.running_pods.add(pod_name)
         await self.hold.wait()
+        if labels.get("rbi.dev/purpose", "run") != "run":
+            await self.hold_trials.wait()
         try:
             async with self._slots:
                 result = await self._container(job, container, index)

@@ -17,7 +17,7 @@ from rbi import metrics
 from rbi.k8s import manifests as m
 from rbi.k8s.reasons import job_state
 from rbi.operator import optimization, runs
-from rbi.operator.kube import ApiError, KubeApi, job_path
+from rbi.operator.kube import ApiError, KubeApi
 from rbi.operator.state import OperatorState
 
 logger = logging.getLogger(__name__)
@@ -119,11 +119,3 @@ def build_registry(state: OperatorState, *, login: Login | None = None) -> kopf.
         await _guard("pod", runs.on_pod_event(state, dict(event["object"])))
 
     return registry
-
-
-async def seed_active_jobs(api: KubeApi, state: OperatorState, namespaces: list[str]) -> None:
-    """Count the Jobs that still run after a restart, so the bound holds from the first second."""
-    for namespace in namespaces:
-        for job in await api.list(job_path(namespace), labels={"app.kubernetes.io/managed-by": "rbi-operator"}):
-            if not job_state(job).finished:
-                state.queue.attach(job["metadata"]["name"])

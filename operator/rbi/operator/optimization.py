@@ -22,6 +22,7 @@ from typing import Any
 
 from rbi import metrics
 from rbi.k8s import manifests as m
+from rbi.k8s.reasons import job_state
 from rbi.k8s.results import needs_log, parse_termination_message, trial_outcomes
 from rbi.operator import events, phases, runs
 from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path
@@ -89,7 +90,10 @@ async def start(state: OperatorState, body: Any) -> None:
 async def resume(state: OperatorState, body: Any) -> None:
     """After a restart: re-attach to the stage's Job if it exists, else (re)create it."""
     opt = _opt(body)
-    if opt.get("state") in (None, DONE):
+    if opt.get("state") is None:  # the parent's run finished, the loop never started
+        await start(state, body)
+        return
+    if opt.get("state") == DONE:
         return
     await _submit_stage(state, body)
 
@@ -118,8 +122,12 @@ async def _submit_stage(state: OperatorState, body: Any) -> None:
     opt = _opt(body)
     stage, iteration = str(opt["state"]), int(opt["iteration"])
     key = m.trial_job_name(name, uid, iteration, stage)
-    if await state.kube.get(job_path(namespace, key)) is not None:
-        state.queue.attach(key)
+    existing_job = await state.kube.get(job_path(namespace, key))
+    if existing_job is not None:
+        if job_state(existing_job).finished:  # it ended while no operator watched
+            await on_stage_job_finished(state, existing_job)
+        else:
+            state.queue.attach(key)
         return
     settings = parse_settings((body.get("spec") or {}).get("optimization"))
     code, generated = await runs.resolve_code(state, body)

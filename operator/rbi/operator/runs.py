@@ -20,7 +20,7 @@ from rbi import metrics
 from rbi.engine import code_hash
 from rbi.errors import ExtractionError, SpecError
 from rbi.k8s import manifests as m
-from rbi.k8s.reasons import stuck_pod_failure
+from rbi.k8s.reasons import job_state, stuck_pod_failure
 from rbi.k8s.results import needs_log, parse_termination_message, run_outcome
 from rbi.operator import events, phases
 from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path, netpol_path, pod_path
@@ -225,7 +225,10 @@ async def reconcile(state: OperatorState, body: Any, *, resumed: bool = False) -
         job_name = str(status["jobName"])
         job = await state.kube.get(job_path(namespace, job_name))
         if job is not None:
-            state.queue.attach(job_name)  # its watch event finishes it, now or later
+            if job_state(job).finished:  # it ended while no operator watched: take its result now
+                await on_run_job_finished(state, job)
+                return
+            state.queue.attach(job_name)  # its watch event finishes it
             if phase == phases.PENDING:
                 await patch_status(state, body, {"phase": phases.RUNNING, "reason": "JobRunning"})
             return

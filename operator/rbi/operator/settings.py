@@ -66,6 +66,7 @@ class OperatorSettings:
             "db_url": env.get("RBI_DB_URL") or None,
             "job": job,
             "code_dirs": code_dirs or (Path.cwd(),),
+            "network_policy": (env.get("RBI_CREATE_NETWORK_POLICY") or "true").lower() not in ("false", "0", "no"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -25,7 +25,8 @@ def test_settings_come_from_the_environment_and_flags_win() -> None:
     assert settings.job.image == "registry/rbi:2" and settings.job.runtime_class == "gvisor"
     assert settings.job.dataset_pvc == "datasets" and settings.job.ttl_seconds == 120
     assert settings.db_url == "postgresql://db/rbi" and settings.code_dirs == (Path("/a"), Path("/b"))
-    assert settings.network_policy and not OperatorSettings.from_env({"RBI_CREATE_NETWORK_POLICY": "false"}).network_policy
+    assert settings.network_policy
+    assert not OperatorSettings.from_env({"RBI_CREATE_NETWORK_POLICY": "false"}).network_policy
     with pytest.raises(ValueError, match="whole number"):
         OperatorSettings.from_env({"RBI_MAX_ACTIVE_JOBS": "many"})
     with pytest.raises(ValueError, match="exclude"):

@@ -95,8 +95,11 @@ def metric_names() -> set[str]:
     """Every sample name this registry can expose (counters get `_total`, histograms `_bucket` …)."""
     names: set[str] = set()
     # The public API lists only series that have samples; labelled metrics have none until first use.
-    for collector in list(REGISTRY._collector_to_names):
-        names.update(REGISTRY._collector_to_names[collector])
+    for collector, collector_names in list(REGISTRY._collector_to_names.items()):
+        names.update(collector_names)
+        # prometheus_client never exposes `_sum` for a histogram whose buckets go below zero.
+        if isinstance(collector, Histogram) and collector._upper_bounds[0] < 0:
+            names.discard(f"{collector._name}_sum")
     return names
 
 

@@ -68,17 +68,11 @@ def query_metric_names(expr: str) -> set[str]:
 
 def exported_names() -> set[str]:
     """The sample names rbi's registry really exposes: a counter's base name is not one, its `_total` is."""
-    from prometheus_client import Histogram
-
     from rbi import metrics
 
     families = {family.name: family.type for family in metrics.REGISTRY.collect()}
     bare = {name for name, kind in families.items() if kind in {"counter", "histogram", "summary"}}
-    # prometheus_client leaves `_sum` out of a histogram whose buckets go below zero
-    # (rbi_optimization_improvement_ratio), although metric_names() lists it.
-    no_sum = {f"{c._name}_sum" for c in metrics.REGISTRY._collector_to_names
-              if isinstance(c, Histogram) and c._upper_bounds[0] < 0}
-    return metrics.metric_names() - bare - no_sum
+    return metrics.metric_names() - bare
 
 
 def families() -> set[str]:

@@ -92,7 +92,8 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield Cluster(api, str(server.url), session)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: the sandbox tests that run later count this process's warm workers.
+@pytest.fixture(scope="package")
 def pool() -> Any:
     from rbi.sandbox.pool import WorkerPool
 

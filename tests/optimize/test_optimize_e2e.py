@@ -85,6 +85,18 @@ def _optimize(code: str, name: str, raw: dict[str, Any], *, executor: LocalExecu
     return optimizer.optimize(), run
 
 
+def _optimization_counts() -> dict[str, float]:
+    from rbi.metrics import REGISTRY
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    return {"trials": value("rbi_optimization_trials_total", {"source": "params"}),
+            "promoted": value("rbi_optimization_iterations_total", {"result": "promoted"}),
+            "rejected": value("rbi_optimization_iterations_total", {"result": "rejected"}),
+            "improvements": value("rbi_optimization_improvement_ratio_count")}
+
+
 def test_params_search_promotes_only_what_holds_out_of_sample(
         tmp_path: Path, executor: LocalExecutor, index_times: list[str]) -> None:
     store = ResultStore(f"sqlite:///{tmp_path / 'rbi.db'}")
@@ -92,7 +104,16 @@ def test_params_search_promotes_only_what_holds_out_of_sample(
     raw = {"objective": "return_pct", "method": "grid", "seed": 1, "maxTrials": 9, "maxIterations": 3,
            "minImprovement": 0.0, "validation": {"holdout": 0.3}, "guards": {"minDeflatedSharpe": 0.0},
            "space": {"fast": [10, 20, 40], "slow": [60, 120, 240]}, "constraints": ["num_trades >= 5"]}
+    before = _optimization_counts()
     result, run = _optimize(HONEST, "sma", raw, executor=executor, store=store, index_times=index_times)
+
+    # The same Prometheus series the operator exports count local optimisation too.
+    after = _optimization_counts()
+    promoted_count = sum(i.promoted for i in result.iterations)
+    assert after["trials"] - before["trials"] == result.trials
+    assert after["promoted"] - before["promoted"] == promoted_count
+    assert after["rejected"] - before["rejected"] == len(result.iterations) - promoted_count
+    assert after["improvements"] - before["improvements"] == promoted_count
 
     trials = store.trials("sma")
     assert len(trials) == result.trials == sum(i.trials for i in result.iterations)

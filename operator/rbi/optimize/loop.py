@@ -10,6 +10,7 @@ and its past decisions do not change when future bars are removed.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from rbi import metrics
 from rbi.engine import LocalExecutor, PreparedRun, rbi_home
 from rbi.optimize import guards, splits
 from rbi.optimize.search import Asked, ParameterSearch, objective_value
@@ -111,6 +113,13 @@ class OptimizationResult:
 
 def _stats(outcome: RunOutcome) -> dict[str, Any] | None:
     return outcome.stats if outcome.status is not Status.FAILED and outcome.stats else None
+
+
+def _count_iteration(report: IterationReport) -> None:
+    """The same optimisation metrics the operator exports, for local runs (and a process that serves them)."""
+    metrics.OPTIMIZATION_ITERATIONS.labels(result="promoted" if report.promoted else "rejected").inc()
+    if report.promoted and report.improvement is not None and math.isfinite(report.improvement):
+        metrics.OPTIMIZATION_IMPROVEMENT.observe(min(report.improvement, 100.0))
 
 
 def param_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -256,6 +265,7 @@ class Optimizer:
                         stats=stats, sample="in_sample")
             ran += len(asked)
             self.trials_done += len(asked)
+            metrics.OPTIMIZATION_TRIALS.labels(source="params").inc(len(asked))
             if self.on_progress:
                 self.on_progress(Progress(iteration, ran, planned, self._best_value(search), self.rate()))
         return ran, feasible
@@ -395,6 +405,7 @@ class Optimizer:
             tried.append(f"(rejected: {exc.kind})")
             return report, None, f"iteration {iteration}: {report.reason}"
         tried.append(proposal.rationale)
+        metrics.OPTIMIZATION_TRIALS.labels(source="llm_code").inc()
         candidate = self.evaluate(champion.params, series=True, code=proposal.code)
         sharpe = objective_value(candidate.in_sample, "sharpe_ratio")
         if sharpe is not None:
@@ -490,6 +501,7 @@ class Optimizer:
             else:
                 report, winner, why = self._llm_round(iteration, champion, tried)
             iterations.append(report)
+            _count_iteration(report)
             if winner is not None:
                 children.append(report.child_version or 0)
                 champion = winner

@@ -22,30 +22,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.llm.fake_openai import RecordedRequest, Reply, ScriptedOpenAI  # noqa: E402
+from tests.llm.fake_openai import Reply, RoutedOpenAI  # noqa: E402
 from tests.loop.answers import fenced, strategy_code  # noqa: E402
 
 from rbi.engine import LocalExecutor  # noqa: E402
 from rbi.llm import LLMClient  # noqa: E402
 from rbi.loop import IdeaLoop, LoopSettings, read_ideas  # noqa: E402
 from rbi.store import ResultStore  # noqa: E402
-
-
-class RoutedOpenAI(ScriptedOpenAI):
-    """Answers by content: the first route whose marker is in the user message."""
-
-    def __init__(self, routes: list[tuple[str, Reply]]) -> None:
-        super().__init__()
-        self.routes = routes
-
-    def _record_and_pop(self, request: RecordedRequest) -> tuple[int, Reply | None]:
-        with self._lock:
-            self.requests.append(request)
-            for index, (marker, reply) in enumerate(self.routes):
-                if marker in request.user_message:
-                    del self.routes[index]
-                    return len(self.requests), reply
-            return len(self.requests), None
 
 
 def research(name: str) -> str:

@@ -68,7 +68,7 @@ from typing import Any
 
 from rbi.llm.client import LLMConfig
 
-__all__ = ["RecordedRequest", "Reply", "ScriptedOpenAI"]
+__all__ = ["RecordedRequest", "Reply", "RoutedOpenAI", "ScriptedOpenAI"]
 
 _COMPLETIONS_PATH = "/v1/chat/completions"
 
@@ -317,3 +317,23 @@ def _handler_for(owner: ScriptedOpenAI) -> type[BaseHTTPRequestHandler]:
                 pass  # the client gave up (a timeout test); nothing to answer
 
     return Handler
+
+
+class RoutedOpenAI(ScriptedOpenAI):
+    """Answers by content, not order: the first route whose marker is in the request's user message.
+
+    For concurrent callers (the loop's ideas in parallel), whose arrival order is not fixed.
+    """
+
+    def __init__(self, routes: list[tuple[str, Reply]]) -> None:
+        super().__init__()
+        self.routes = list(routes)
+
+    def _record_and_pop(self, request: RecordedRequest) -> tuple[int, Reply | None]:
+        with self._lock:
+            self.requests.append(request)
+            for index, (marker, reply) in enumerate(self.routes):
+                if marker in request.user_message:
+                    del self.routes[index]
+                    return len(self.requests), reply
+            return len(self.requests), None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, table
-from tests.llm.fake_openai import RecordedRequest, Reply, ScriptedOpenAI
+from tests.llm.fake_openai import Reply, RoutedOpenAI, ScriptedOpenAI
 
 from rbi import metrics
 from rbi.engine import LocalExecutor
@@ -301,23 +301,6 @@ def test_max_ideas_stops_after_that_many_and_the_rest_follow_later(store: Result
 
 
 # --------------------------------------------------------------------------- bounded concurrency
-
-
-class RoutedOpenAI(ScriptedOpenAI):
-    """Answers by content, not order: the first route whose marker is in the request's user message."""
-
-    def __init__(self, routes: list[tuple[str, Reply]]) -> None:
-        super().__init__()
-        self.routes = list(routes)
-
-    def _record_and_pop(self, request: RecordedRequest) -> tuple[int, Reply | None]:
-        with self._lock:
-            self.requests.append(request)
-            for index, (marker, reply) in enumerate(self.routes):
-                if marker in request.user_message:
-                    del self.routes[index]
-                    return len(self.requests), reply
-            return len(self.requests), None
 
 
 def test_ideas_run_concurrently_up_to_the_bound(store: ResultStore, executor: LocalExecutor,

@@ -7,34 +7,13 @@ nothing useful at all; each gets a precise, classified AgentError.
 from __future__ import annotations
 
 import ast
-import json
-import re
 
 from rbi.agents.calls import AgentError
 from rbi.errors import ExtractionError
-from rbi.prepare.extract import extract_code
+from rbi.prepare.extract import describe_answer, extract_code
 from rbi.prepare.inspect_code import check_code, detect_mode, strategy_classes
 
 __all__ = ["class_attributes", "code_from_answer", "describe_answer", "squash"]
-
-
-def describe_answer(answer: str) -> str:
-    """What an answer looks like, in a few words, for an error message."""
-    text = answer.strip()
-    shown = " ".join(text.split())
-    shown = repr(shown if len(shown) <= 160 else shown[:160] + "...")
-    if not text:
-        return "empty"
-    if text.startswith(("{", "[")):
-        try:
-            json.loads(text)
-        except ValueError:
-            pass
-        else:
-            return f"JSON, not code: {shown}"
-    if re.match(r"(?is)^(?:<!doctype html|<html|<\?xml|<head|<body)", text):
-        return f"an HTML/XML page (an error page from a proxy?): {shown}"
-    return f"{len(text.split())} words of prose: {shown}"
 
 
 def squash(code: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from typing import Any, Literal
 from rbi.errors import ExtractionError, RbiError
 from rbi.llm.client import Completion, LLMClient, LLMError
 from rbi.llm.prompts import load_prompt
-from rbi.prepare.extract import extract_code
+from rbi.prepare.extract import describe_answer, extract_code
 from rbi.prepare.inspect_code import check_code, strategy_classes
 
 __all__ = [
@@ -168,7 +167,8 @@ def _validated_code(completion: Completion, *, old_code: str, old_classes: list[
     try:
         new_code = extract_code(answer)
     except ExtractionError as exc:
-        raise RefineError("no_code", f"{exc}; the answer was {_describe(answer)}", completion=completion) from None
+        shape = describe_answer(answer, wanted="a fenced python block")
+        raise RefineError("no_code", f"{exc}; the answer was {shape}", completion=completion) from None
     try:
         new_tree = ast.parse(new_code)
     except (SyntaxError, ValueError) as exc:
@@ -243,23 +243,6 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
             ):
                 body[0] = ast.Pass()
     return copy
-
-
-def _describe(answer: str) -> str:
-    """What an answer without code looks like, for the error message."""
-    text = answer.strip()
-    shown = " ".join(text.split())
-    shown = repr(shown if len(shown) <= 160 else shown[:160] + "...")
-    if text.startswith(("{", "[")):
-        try:
-            json.loads(text)
-        except ValueError:
-            pass
-        else:
-            return f"JSON, not a fenced python block: {shown}"
-    if re.match(r"(?is)^(?:<!doctype html|<html|<\?xml|<head|<body)", text):
-        return f"an HTML/XML page (an error page from a proxy?): {shown}"
-    return f"{len(text.split())} words of prose: {shown}"
 
 
 # --------------------------------------------------------------------------- the answer's prose

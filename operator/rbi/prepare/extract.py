@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import ast
 import builtins
+import json
 import re
 import textwrap
 from dataclasses import dataclass
 
 from rbi.errors import ExtractionError
 
-__all__ = ["extract_code"]
+__all__ = ["describe_answer", "extract_code"]
 
 _PYTHON_TAGS = frozenset({"python", "py", "python3", "py3", "ipython", "ipython3", "pycon"})
 _NON_PYTHON_TAGS = frozenset(
@@ -275,3 +276,22 @@ def extract_code(text: str) -> str:
             "shell commands, output or another language, not Python"
         )
     return _choose(candidates)
+
+
+def describe_answer(answer: str, *, wanted: str = "code") -> str:
+    """What an answer without usable code looks like, in a few words, for an error message."""
+    text = answer.strip()
+    shown = " ".join(text.split())
+    shown = repr(shown if len(shown) <= 160 else shown[:160] + "...")
+    if not text:
+        return "empty"
+    if text.startswith(("{", "[")):
+        try:
+            json.loads(text)
+        except ValueError:
+            pass
+        else:
+            return f"JSON, not {wanted}: {shown}"
+    if re.match(r"(?is)^(?:<!doctype html|<html|<\?xml|<head|<body)", text):
+        return f"an HTML/XML page (an error page from a proxy?): {shown}"
+    return f"{len(text.split())} words of prose: {shown}"

@@ -41,8 +41,9 @@ def _preload() -> None:
     import rbi.runner
     import rbi.stats  # noqa: F401
 
-    with contextlib.suppress(ImportError):
-        import pandas_ta  # type: ignore[import-not-found]  # noqa: F401
+    from rbi.compat import pandas_ta
+
+    pandas_ta.install(warm=True)  # `import pandas_ta` in strategies: pandas-ta-classic, loaded before the fork
     _warm_up()
     from rbi.sandbox import seccomp_filter
 

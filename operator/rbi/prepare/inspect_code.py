@@ -32,7 +32,7 @@ Mode = Literal["class", "script"]
 ALLOWED_MODULES: frozenset[str] = frozenset(
     {
         # the trading stack
-        "backtesting", "pandas", "numpy", "talib", "pandas_ta", "ta", "scipy", "sklearn",
+        "backtesting", "pandas", "numpy", "talib", "pandas_ta", "pandas_ta_classic", "ta", "scipy", "sklearn",
         # the standard library's pure-computation corner
         "math", "cmath", "statistics", "decimal", "fractions", "numbers", "random",
         "datetime", "time", "calendar", "zoneinfo",

@@ -123,10 +123,11 @@ def prepare(spec: StrategySpec, *, data_override: Path | None = None, static_che
             cache_dir: Path | None = None) -> PreparedRun:
     """Extract the code, pick the mode, check it and resolve the dataset. Raises PreparationFailed."""
     try:
-        # A .py file is code even when it does not parse; only LLM answers need extracting.
-        code = spec.code if spec.source == "python" else extract_code(spec.code)
+        # The content decides, never the file name: pipelines save whole answers (prose and fences) as
+        # `.py`. Text that parses as Python is code; anything else has its code extracted.
+        code = extract_code(spec.code)
     except ExtractionError as exc:
-        raise _fail(FailureClass.SYNTAX_ERROR, str(exc), code=spec.code) from None
+        raise _fail(FailureClass.SYNTAX_ERROR, str(exc), code=spec.code, line=exc.line) from None
     checks = spec.static_checks if static_checks is None else static_checks
     violations = check_code(code)
     syntax = [v for v in violations if v.rule == "syntax"]

@@ -22,9 +22,13 @@ class SpecError(RbiError):
 
 
 class ExtractionError(RbiError):
-    """No Python code could be found in an LLM answer."""
+    """No Python code could be found in an LLM answer, or the answer was cut off inside its code."""
 
     failure_class = FailureClass.SYNTAX_ERROR
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 class DataError(RbiError):

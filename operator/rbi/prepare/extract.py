@@ -37,6 +37,8 @@ _SHELL_LINE = re.compile(
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*\{?(?P<tag>[\w+.#-]*)\}?.*$")
 _MODULE_START = re.compile(r"^(?:import \w|from [\w.]+ import |class \w|def \w|@\w|#!)")
 _MAX_TRAILING_PROSE = 40
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
+_STRATEGY_TEXT = re.compile(r"^\s*class\s+\w+\s*\([^)]*Strategy|\bBacktest\s*\(", re.MULTILINE)
 _MAGIC_LINE = re.compile(r"^\s*[!%]")
 _STRATEGY_BASES = frozenset({"Strategy", "SignalStrategy", "TrailingStrategy"})
 _BUILTINS = frozenset(dir(builtins)) | {"__name__", "__file__", "__doc__", "__builtins__"}
@@ -46,6 +48,7 @@ _BUILTINS = frozenset(dir(builtins)) | {"__name__", "__file__", "__doc__", "__bu
 class _Block:
     tag: str
     code: str
+    closed: bool = True
 
 
 def _fenced_blocks(text: str) -> list[_Block]:
@@ -65,9 +68,10 @@ def _fenced_blocks(text: str) -> list[_Block]:
         while i < len(lines) and not closing.match(lines[i]):
             body.append(lines[i])
             i += 1
+        closed = i < len(lines)
         i += 1  # past the closing fence (or the end)
         tag = re.sub(r"[^a-z0-9+#-]", "", opening["tag"].lower())
-        blocks.append(_Block(tag=tag, code=textwrap.dedent("\n".join(body)).strip("\n") + "\n"))
+        blocks.append(_Block(tag=tag, code=textwrap.dedent("\n".join(body)).strip("\n") + "\n", closed=closed))
     return blocks
 
 
@@ -232,22 +236,65 @@ def _without_stray_tag(code: str) -> str:
     return "\n".join(lines)
 
 
+def _is_prose(line: str) -> bool:
+    """A sentence, a bullet or a numbered note: words that do not parse as a statement."""
+    if not line.strip() or line[:1].isspace():
+        return False
+    return len(_WORD.findall(line)) >= 3 and _parse(line) is None
+
+
 def _unfenced_code(text: str) -> str | None:
-    """Code pasted without fences between a line of prose before and after it.
+    """Code pasted without fences, maybe with a line of prose before and after it.
 
     Starts at the first line that opens like a module (an import, a class, a
-    def) and drops trailing lines until the rest parses. Only accepted when the
-    result holds a strategy, so ordinary prose never turns into "code".
+    def). Trailing lines are dropped only while they read as prose: a module
+    whose last lines are code but do not parse was cut off, and it is handed
+    back whole so the run fails as a syntax error at that line, instead of
+    running a strategy with its end missing. Only accepted when the code holds
+    a strategy, so ordinary prose never turns into "code".
     """
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if _MODULE_START.match(line)), None)
     if start is None:
         return None
-    for end in range(len(lines), max(start, len(lines) - _MAX_TRAILING_PROSE), -1):
+    end = len(lines)
+    floor = max(start, len(lines) - _MAX_TRAILING_PROSE)
+    while end > floor:
         code = "\n".join(lines[start:end]).rstrip() + "\n"
         tree = _parse(code)
         if tree is not None:
             return code if _has_strategy(tree) else None
+        last = end - 1
+        while last > start and not lines[last].strip():
+            last -= 1
+        if not _is_prose(lines[last]):
+            break
+        end = last
+    code = "\n".join(lines[start:end]).rstrip() + "\n"
+    return code if _STRATEGY_TEXT.search(code) else None
+
+
+def _cut_off_line(code: str) -> int | None:
+    """Where an unclosed block was cut off mid-module (max tokens), or None when it reads as complete.
+
+    A block that does not parse was cut mid-statement. One that parses but ends in a bare name or
+    attribute (`self.posit`) was cut mid-word: running it would report figures of half a strategy.
+    A block that parses and ends in a whole statement only lost its closing fence.
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        return exc.lineno or len(code.splitlines())
+    except ValueError:
+        return None
+    final = tree.body[-1] if tree.body else None
+    while final is not None and isinstance(final, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+                                           | ast.If | ast.For | ast.While | ast.With | ast.Try):
+        body = final.orelse if isinstance(final, ast.If | ast.For | ast.While | ast.Try) and final.orelse \
+            else final.body
+        final = body[-1] if body else None
+    if isinstance(final, ast.Expr) and isinstance(final.value, ast.Name | ast.Attribute):
+        return final.lineno
     return None
 
 
@@ -275,6 +322,17 @@ def extract_code(text: str) -> str:
             f"no Python code found: the answer's {len(blocks)} fenced block(s) hold "
             "shell commands, output or another language, not Python"
         )
+    last = blocks[-1]
+    if not last.closed and _candidate(last) is not None:
+        cut = _cut_off_line(last.code)
+        if cut is not None:
+            lines = last.code.rstrip("\n").splitlines()
+            shown = lines[cut - 1].strip()[:60] if 0 < cut <= len(lines) else ""
+            raise ExtractionError(
+                f"line {cut}: the answer was cut off inside its code block (no closing fence), at {shown!r}; "
+                "the code is incomplete and needs a model to finish it",
+                line=cut,
+            )
     return _choose(candidates)
 
 

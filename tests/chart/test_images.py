@@ -135,7 +135,7 @@ def test_sandbox_requirements_fully_pinned_with_hashes() -> None:
 def test_sandbox_requirements_follow_uv_lock() -> None:
     pins = requirement_pins(SANDBOX / "requirements.txt")
     direct = requirement_pins(SANDBOX / "requirements.in")
-    assert set(direct) == {"backtesting", "ta-lib", "pandas", "numpy", "pyarrow", "pandas-ta"}
+    assert set(direct) == {"backtesting", "ta-lib", "pandas", "numpy", "pyarrow", "pandas-ta-classic", "tqdm"}
     for name, version in direct.items():
         assert pins[name] == version, f"requirements.txt is stale for {name}: run compile-requirements.sh"
     lock = uv_lock_versions()
@@ -145,6 +145,7 @@ def test_sandbox_requirements_follow_uv_lock() -> None:
 
 
 PROBE_STRATEGY = """
+import pandas_ta as ta
 import talib
 from backtesting import Strategy
 from backtesting.lib import crossover
@@ -154,9 +155,10 @@ class SmaCross(Strategy):
     def init(self):
         self.fast = self.I(talib.SMA, self.data.Close, 10)
         self.slow = self.I(talib.SMA, self.data.Close, 30)
+        self.rsi = self.I(ta.rsi, self.data.Close.s, length=14)
 
     def next(self):
-        if crossover(self.fast, self.slow):
+        if crossover(self.fast, self.slow) and self.rsi[-1] < 90:
             self.buy()
         elif crossover(self.slow, self.fast):
             self.position.close()
@@ -164,7 +166,9 @@ class SmaCross(Strategy):
 PROBE = """
 import importlib.metadata as md, json, sys
 from rbi.datasets import bundled_dataset
+from rbi.compat import pandas_ta
 from rbi.runner import RunRequest, execute
+assert pandas_ta.install()
 report = execute(RunRequest(mode="class", code_path=sys.argv[1], data_path=str(bundled_dataset()),
                             data_range=(0, 2000), include_series=False))
 assert report["error"] is None, report["error"]
@@ -183,7 +187,7 @@ def test_sandbox_image_holds_every_module_a_run_imports(tmp_path: Path) -> None:
                           check=False, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     needed = {normalise(name) for name in json.loads(proc.stdout.strip().splitlines()[-1])}
-    assert {"backtesting", "numpy", "pandas", "ta-lib"} <= needed
+    assert {"backtesting", "numpy", "pandas", "ta-lib", "pandas-ta-classic"} <= needed
     missing = needed - set(requirement_pins(SANDBOX / "requirements.txt"))
     assert not missing, f"a run imports {sorted(missing)}, which sandbox_image/requirements.txt lacks"
 

@@ -1,6 +1,6 @@
 """The package agent: make generated code use what the sandbox has.
 
-The deterministic rewrites of `rbi.agents.fixers.package` come first (pandas_ta → TA-Lib, missing
+The deterministic rewrites of `rbi.agents.fixers.package` come first (missing
 backtesting.lib helpers, pandas 3 frequency aliases, unused imports outside the allow-list). Only the
 problems they leave are shown to the model, and its answer must keep the class and its parameters.
 """
@@ -39,8 +39,10 @@ class PackageResult:
 
 @cache
 def _installed(module: str) -> bool:
+    from rbi.compat import pandas_ta
+
     try:
-        return importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(module) is not None or pandas_ta.serves(module)
     except (ImportError, ValueError):
         return False
 

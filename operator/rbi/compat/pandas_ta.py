@@ -88,3 +88,8 @@ def _warm() -> None:
         for name in list(sys.modules):
             if name.startswith(TARGET + "."):
                 sys.modules.setdefault(ALIAS + name[len(TARGET):], sys.modules[name])
+
+
+def serves(module: str) -> bool:
+    """True when `import <module>` works in the sandbox through this alias (host-side checks ask this)."""
+    return module == ALIAS and importlib.util.find_spec(TARGET) is not None

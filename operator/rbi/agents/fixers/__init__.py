@@ -6,8 +6,10 @@ that span (by character offsets), so the rest of the file stays byte-for-byte th
 same, and running a fixer twice changes nothing the second time.
 
 - `package(code)`: before the first run, make the code use what the sandbox has
-  (pandas_ta -> TA-Lib, missing backtesting.lib helpers, pandas 3 frequency
-  aliases, unused imports of modules the sandbox does not allow).
+  (missing backtesting.lib helpers, pandas 3 frequency aliases, unused imports of
+  modules the sandbox does not allow). `import pandas_ta` runs unchanged: the
+  sandbox serves it from pandas-ta-classic (rbi.compat.pandas_ta); the TA-Lib
+  rewrite (`ta_lib`) is only a repair for an import error naming pandas_ta.
 - `fix_for_failure(code, ...)`: after a failed run, only the fixers that match
   the failure's class and message.
 - `diagnose_no_trades(code, stats)`: likely causes of a run with zero trades.
@@ -96,7 +98,7 @@ def _run(code: str, fixers: Iterable[Fixer]) -> FixResult:
 
 def package(code: str) -> FixResult:
     """Make the code use what the sandbox has, before the first run."""
-    return _run(code, (fix_pandas_ta, fix_lib_helpers, fix_freq_alias, fix_unused_imports))
+    return _run(code, (fix_lib_helpers, fix_freq_alias, fix_unused_imports))
 
 
 _SIZE_MESSAGE = "size must be a positive fraction"

@@ -1,4 +1,8 @@
-"""pandas_ta: calls of pandas_ta (not in the sandbox) rewritten to TA-Lib."""
+"""pandas_ta: calls of pandas_ta rewritten to TA-Lib, where pandas_ta cannot be imported.
+
+The sandbox serves `import pandas_ta` from pandas-ta-classic, so this runs only as a repair of an
+import error that names pandas_ta (an environment without it), never by default.
+"""
 
 from __future__ import annotations
 
@@ -154,7 +158,7 @@ def _remaining_ta_uses(tree: ast.Module, alias: str) -> list[ast.Attribute]:
 
 
 def fix_pandas_ta(code: str) -> tuple[str, list[Fix]]:
-    """pandas_ta (not installed in the sandbox) -> TA-Lib, with notes for calls that have no mapping."""
+    """pandas_ta (when it cannot be imported) -> TA-Lib, with notes for calls that have no mapping."""
     tree = _parse(code)
     if tree is None or not _pandas_ta_aliases(tree):
         return code, []
@@ -173,7 +177,7 @@ def fix_pandas_ta(code: str) -> tuple[str, list[Fix]]:
         leftover = _remaining_ta_uses(tree, alias)
         for use in leftover:
             fixes.append(Fix("pandas_ta", use.lineno,
-                             f"{source.text(use)} has no TA-Lib mapping here; left as is (pandas_ta is not installed)"))
+                             f"{source.text(use)} has no TA-Lib mapping here; left as is (pandas_ta is not importable)"))
         accessor = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "ta"
                     and not (isinstance(n.value, ast.Name) and n.value.id == alias)]
         for use in accessor:
@@ -193,7 +197,7 @@ def fix_pandas_ta(code: str) -> tuple[str, list[Fix]]:
             start = source.line_start(node.lineno)
             end = source.line_start((node.end_lineno or node.lineno) + 1)
             edits.append(_Edit(start, end, ""))
-        fixes.append(Fix("pandas_ta", node.lineno, "import pandas_ta (not installed) -> "
+        fixes.append(Fix("pandas_ta", node.lineno, "import pandas_ta (not importable) -> "
                          + ("import talib" if replacement else "removed (talib is already imported)")))
     return _apply(code, edits), fixes
 

@@ -177,7 +177,7 @@ def fix_pandas_ta(code: str) -> tuple[str, list[Fix]]:
         leftover = _remaining_ta_uses(tree, alias)
         for use in leftover:
             fixes.append(Fix("pandas_ta", use.lineno,
-                             f"{source.text(use)} has no TA-Lib mapping here; left as is (pandas_ta is not importable)"))
+                             f"{source.text(use)} has no TA-Lib mapping here; left as is (no pandas_ta)"))
         accessor = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "ta"
                     and not (isinstance(n.value, ast.Name) and n.value.id == alias)]
         for use in accessor:

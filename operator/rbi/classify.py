@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from rbi.outcome import FailureClass, RunError, RunOutcome, Status
@@ -91,7 +92,21 @@ def _from_status(report: dict[str, Any], status: int | None) -> RunError | None:
     return None
 
 
-def classify_report(report: dict[str, Any], *, mode: str | None = None) -> RunOutcome:
+def _verified(result: dict[str, Any], verify: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | RunError:
+    try:
+        return verify(result)
+    except Exception as exc:  # a bug of ours, never the strategy's: say so rather than pass the figures
+        message = f"the host could not verify the run: {type(exc).__name__}: {exc}"
+        return RunError(FailureClass.SANDBOX_ERROR, message[:500])
+
+
+def classify_report(report: dict[str, Any], *, mode: str | None = None,
+                    verify: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> RunOutcome:
+    """The outcome of one sandbox report.
+
+    `verify` (rbi.integrity.verify_report bound to the served data) replaces the run's own figures,
+    equity curve and trades with the host's recomputation, or fails the run as integrity_error.
+    """
     stdout = str(report.get("stdout") or "")
     stderr = str(report.get("stderr") or "")
     base: dict[str, Any] = {
@@ -137,6 +152,11 @@ def classify_report(report: dict[str, Any], *, mode: str | None = None) -> RunOu
                                          "closed, truncated or overwritten)", detail="no_result")
         return RunOutcome.failed(error, **base)
 
+    if verify is not None:
+        checked = _verified(result, verify)
+        if isinstance(checked, RunError):
+            return RunOutcome.failed(checked, **base)
+        result = checked
     if isinstance(result.get("execution_time"), int | float):
         base["execution_time"] = float(result["execution_time"])
     params = result.get("params")
@@ -155,13 +175,14 @@ def classify_report(report: dict[str, Any], *, mode: str | None = None) -> RunOu
         return RunOutcome.failed(status_error, **base)
 
     stats = _clean_stats(result.get("stats"))
-    if not stats and (mode or result.get("mode")) == "script":
-        # The script printed its stats but ran the backtest in a way the runner could not capture.
-        stats = _clean_stats(parse_stats_text(stdout))
     if not stats:
-        return RunOutcome.failed(RunError(FailureClass.RUNTIME_ERROR, "the code finished without running a "
-                                          "backtest: no Backtest.run() result and no statistics printed",
-                                          detail="no_backtest"), **base)
+        # Figures are only ever taken from a backtest the runner saw (and the host recomputed); a
+        # printed stats table is the script's own claim, so it is named and never stored.
+        printed = (mode or result.get("mode")) == "script" and bool(parse_stats_text(stdout))
+        message = ("the script printed a statistics table, but ran no backtest the runner could see; printed "
+                   "figures are never taken" if printed else
+                   "the code finished without running a backtest: no Backtest.run() result")
+        return RunOutcome.failed(RunError(FailureClass.RUNTIME_ERROR, message, detail="no_backtest"), **base)
     trades = stats.get("num_trades")
     status = Status.NO_TRADES if trades == 0 else Status.SUCCEEDED
     return RunOutcome(status=status, stats=stats, **base)

@@ -30,6 +30,8 @@ class FailureClass(enum.StrEnum):
     OUTPUT_LIMIT = "output_limit"
     DISK_LIMIT = "disk_limit"
     SANDBOX_ERROR = "sandbox_error"
+    # The run's own figures disagree with the host's recomputation, or a fill is impossible for the data.
+    INTEGRITY_ERROR = "integrity_error"
 
     @property
     def is_infrastructure(self) -> bool:

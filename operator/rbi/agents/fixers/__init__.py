@@ -14,8 +14,9 @@ same, and running a fixer twice changes nothing the second time.
   the failure's class and message.
 - `diagnose_no_trades(code, stats)`: likely causes of a run with zero trades.
 
-One module per fixer (`position_size`, `freq_alias`, `entry_price`, `column_names`, `lib_helpers`,
-`ta_lib` for pandas_ta, `unused_imports`) and `no_trades`; `_source` holds the span editing they share.
+One module per fixer (`position_size`, `freq_alias`, `entry_price`, `position_stops`, `data_df`,
+`indicator_shape`, `index_column`, `column_names`, `lowercase_columns`, `lib_helpers`, `ta_lib` for
+pandas_ta, `unused_imports`) and `no_trades`; `_source` holds the span editing they share.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ from collections.abc import Callable, Iterable
 
 from rbi.agents.fixers._source import Fix, Fixer, FixResult, _parse
 from rbi.agents.fixers.column_names import _canonical, fix_column_names
+from rbi.agents.fixers.data_df import fix_data_df
 from rbi.agents.fixers.entry_price import fix_entry_price
 from rbi.agents.fixers.freq_alias import fix_freq_alias, modern_freq
+from rbi.agents.fixers.index_column import fix_index_column
+from rbi.agents.fixers.indicator_shape import fix_indicator_shape
 from rbi.agents.fixers.lib_helpers import fix_lib_helpers
+from rbi.agents.fixers.lowercase_columns import BACKTEST_MESSAGE, fix_lowercase_columns
 from rbi.agents.fixers.no_trades import diagnose_no_trades
 from rbi.agents.fixers.position_size import fix_position_size
+from rbi.agents.fixers.position_stops import fix_position_stops
 from rbi.agents.fixers.ta_lib import fix_pandas_ta
 from rbi.agents.fixers.unused_imports import fix_unused_imports
 
@@ -39,12 +45,17 @@ __all__ = [
     "FixResult",
     "diagnose_no_trades",
     "fix_column_names",
+    "fix_data_df",
     "fix_entry_price",
     "fix_for_failure",
     "fix_freq_alias",
+    "fix_index_column",
+    "fix_indicator_shape",
     "fix_lib_helpers",
+    "fix_lowercase_columns",
     "fix_pandas_ta",
     "fix_position_size",
+    "fix_position_stops",
     "fix_unused_imports",
     "modern_freq",
     "package",
@@ -120,12 +131,26 @@ def fix_for_failure(code: str, *, error_type: str, message: str, line: int | Non
         fixers.append(fix_freq_alias)
     if "'Position' object has no attribute" in message:
         fixers.append(fix_entry_price)
+        if re.search(r"attribute '(sl|tp)'", message):
+            fixers.append(fix_position_stops)
+    if "'df'" in message and ("no setter" in message or "can't set attribute" in message):
+        fixers.append(fix_data_df)
+    if "Indicators must return" in message:
+        fixers.append(fix_indicator_shape)
+    if BACKTEST_MESSAGE in message:
+        fixers.append(lambda c: fix_lowercase_columns(c, backtest=True))
     if "KeyError" in message or "not in data" in message:
         # `KeyError: 'Close'`, `Column 'close' not in data`, `"None of [Index(['Open', ...])] are in the [columns]"`
-        columns = [q for q in _QUOTED.findall(message) if _canonical(q)]
+        quoted = _QUOTED.findall(message)
+        if quoted and "KeyError" in message:
+            key = quoted[0]
+            fixers.append(lambda c: fix_index_column(c, missing=key))
+        columns = [q for q in quoted if _canonical(q)]
         if columns:
             missing = columns[0]
             fixers.append(lambda c: fix_column_names(c, missing=missing))
+            if missing[:1].isupper():
+                fixers.append(lambda c: fix_lowercase_columns(c, backtest=False))
     if error_type in ("import_error", "validation_error"):
         if "pandas_ta" in message:
             fixers.append(fix_pandas_ta)

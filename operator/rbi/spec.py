@@ -7,9 +7,10 @@ up as one `StrategySpec`, so the engine has a single input type.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -151,8 +152,32 @@ def spec_from_document(document: Any, *, base: Path) -> StrategySpec:
     )
 
 
-def load_spec(path: Path) -> StrategySpec:
-    """Load a YAML resource, a Python file, or an LLM answer (markdown or text)."""
+STDIN = Path("-")
+
+
+def _as_resource(text: str) -> dict[str, Any] | None:
+    """The document when `text` is a BacktestStrategy resource, whatever the file is called."""
+    if "BacktestStrategy" not in text:
+        return None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return document if isinstance(document, dict) and document.get("kind") == "BacktestStrategy" else None
+
+
+def load_spec(path: Path, *, stdin: TextIO | None = None) -> StrategySpec:
+    """Load a YAML resource, Python code, or an LLM answer (prose and fenced code); `-` reads standard input.
+
+    The suffix only says which YAML files to parse strictly: the content decides the rest, because
+    pipelines save whole answers as `.py` and code as `.txt` (rbi.engine extracts what is not code).
+    """
+    if path == STDIN:
+        text = (stdin or sys.stdin).read()
+        resource = _as_resource(text)
+        if resource is not None:
+            return spec_from_document(resource, base=Path.cwd())
+        return StrategySpec(name="stdin", code=text, source="stdin")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -167,5 +192,8 @@ def load_spec(path: Path) -> StrategySpec:
         if len(documents) != 1:
             raise SpecError(f"{path} must hold exactly one BacktestStrategy document, found {len(documents)}")
         return spec_from_document(documents[0], base=path.parent)
+    resource = _as_resource(text)
+    if resource is not None:
+        return spec_from_document(resource, base=path.parent)
     source = "python" if path.suffix.lower() == ".py" else "llm_answer"
     return StrategySpec(name=name_from_path(path), code=text, source=source)

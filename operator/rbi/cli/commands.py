@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from rbi.cli.render import fmt, outcome_panel
+from rbi.cli.tables import Column, FitTable
 from rbi.engine import LocalExecutor, PreparationFailed, PreparedRun, execute_with_fixes, prepare
 from rbi.errors import SpecError
 from rbi.outcome import RunOutcome
@@ -101,24 +102,26 @@ def show_strategy(store: Any, name: str, *, as_json: bool, out: Console) -> None
                 "error_type": v.latest_run.error_type, "error_message": v.latest_run.error_message},
         } for v in versions])
         return
-    table = Table(title=f"{name}: versions")
-    for column in ("version", "parent", "source", "params", "status", "return %", "sharpe", "max dd %",
-                   "trades", "code"):
-        table.add_column(column)
+    table = FitTable([
+        Column("version", justify="right", key=True), Column("parent", justify="right", drop=2),
+        Column("source", drop=3), Column("params", wrap=True), Column("status", key=True),
+        Column("return %", justify="right"), Column("sharpe", justify="right"),
+        Column("max dd %", justify="right", drop=1), Column("trades", justify="right"), Column("code", drop=4),
+    ], title=f"{name}: versions")
     for v in versions:
         run = v.latest_run
-        table.add_row(str(v.version), fmt(v.parent_version), v.source, json.dumps(v.params)[:40],
+        table.add_row(f"v{v.version}", fmt(v.parent_version), v.source, json.dumps(v.params),
                       run.status if run else "—", fmt(run.total_return if run else None),
                       fmt(run.sharpe_ratio if run else None), fmt(run.max_drawdown if run else None),
                       fmt(run.num_trades if run else None), v.code_hash[:12])
     out.print(table)
     latest = versions[-1].latest_run
     if latest is not None and latest.stats:
-        stats = Table(title=f"{name} v{versions[-1].version}: all statistics", show_header=False)
-        stats.add_column(style="cyan")
-        stats.add_column(justify="right")
+        stats = FitTable([Column("statistic", style="cyan", key=True), Column("value", justify="right")],
+                         title=f"{name} v{versions[-1].version}: all statistics", show_header=False)
         for key, value in latest.stats.items():
             stats.add_row(key, fmt(value))
+        out.print()
         out.print(stats)
 
 
@@ -132,14 +135,14 @@ def sandbox_report(*, as_json: bool, out: Console) -> bool:
             {"name": c.name, "available": c.available, "required": c.required, "used": c.available,
              "detail": c.detail} for c in checks]})
         return problem is None
-    table = Table(title="rbi sandbox check")
-    for column in ("primitive", "available", "required", "used", "detail"):
-        table.add_column(column)
+    table = FitTable([Column("primitive", wrap=True, key=True), Column("available"), Column("required"),
+                      Column("used", drop=1), Column("detail", wrap=True)], title="rbi sandbox check")
+    yes = Text("yes", style="green")
     for c in checks:
-        mark = "[green]yes[/]" if c.available else "[red]no[/]"
+        mark = yes if c.available else Text("no", style="red")
         table.add_row(c.name, mark, "yes" if c.required else "no", "yes" if c.available else "no", c.detail)
-    table.add_row("wall-clock kill of the process tree", "[green]yes[/]", "yes", "yes", "PID namespace + SIGKILL")
-    table.add_row("output caps, scrubbed environment", "[green]yes[/]", "yes", "yes", "always")
+    table.add_row("wall-clock kill of the process tree", yes, "yes", "yes", "PID namespace + SIGKILL")
+    table.add_row("output caps, scrubbed environment", yes, "yes", "yes", "always")
     out.print(table)
     out.print("[bold green]The sandbox is ready.[/]" if problem is None else f"[bold red]{problem}[/]")
     return problem is None

@@ -124,7 +124,7 @@ def results(name: str | None, status: str | None, best_by: str | None, limit: in
     if as_json:
         out.print_json(data=[_record_json(r) for r in records])
     else:
-        out.print(runs_table(records, width=out.width))
+        out.print(runs_table(records))
 
 
 def _record_json(record: Any) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from rbi.cli.render import fmt
+from rbi.cli.tables import Column, FitTable
 from rbi.engine import LocalExecutor, PreparationFailed, prepare
 from rbi.errors import SpecError
 from rbi.llm import LLMClient, LLMConfig
@@ -83,18 +83,22 @@ def _params_text(params: dict[str, Any] | None) -> str:
 
 
 def result_table(result: OptimizationResult) -> Group:
-    table = Table(title=f"{result.strategy_name}: {result.objective} ({'max' if result.maximize else 'min'}), "
-                        f"{result.trials} trials at {result.trials_per_second:.1f}/s")
-    for column in ("it", "trials ok", "best in-sample params", "IS", "OOS", "Δ OOS", "DSR", "look-ahead", "child"):
-        table.add_column(column, overflow="fold")
+    table = FitTable([
+        Column("it", justify="right", key=True, heading="iteration {}"),
+        Column("trials ok", justify="right", drop=3),
+        Column("best in-sample params", wrap=True), Column("IS", justify="right", drop=2),
+        Column("OOS", justify="right"), Column("Δ OOS", justify="right"), Column("DSR", justify="right", drop=1),
+        Column("look-ahead"), Column("child"),
+    ], title=f"{result.strategy_name}: {result.objective} ({'max' if result.maximize else 'min'}), "
+             f"{result.trials} trials at {result.trials_per_second:.1f}/s")
     for it in result.iterations:
         look = it.guards.get("lookahead_suspected")
-        look_text = "—" if look is None else ("[red]SUSPECTED[/]" if look else "clean")
+        look_text = Text("—") if look is None else (Text("SUSPECTED", style="red") if look else Text("clean"))
         table.add_row(str(it.iteration), f"{it.feasible_trials}/{it.trials}", _params_text(it.best_params),
                       fmt(it.best_in_sample), fmt(it.out_of_sample),
                       "—" if it.improvement is None else f"{it.improvement:+.1%}",
                       fmt(it.guards.get("deflated_sharpe")), look_text,
-                      f"[green]v{it.child_version}[/]" if it.promoted else "[red]no[/]")
+                      Text(f"v{it.child_version}", style="green") if it.promoted else Text("no", style="red"))
     notes = [Text(f"iteration {it.iteration}: {it.reason}", style="green" if it.promoted else "yellow")
              for it in result.iterations if it.reason]
     best = result.best
@@ -121,15 +125,17 @@ def lineage_tree(store: Any, name: str) -> Tree:
     for v in versions:
         run = v.latest_run
         edge = edges.get(v.version)
-        label = f"v{v.version} [dim]{v.source}[/] {json.dumps(v.params)}"
-        if v.version in authors:
-            label += f" [dim]({'; '.join(authors[v.version])})[/]"
+        # One fact per line: a narrow terminal wraps each under its node instead of one long run-on label.
+        label = Text.assemble((f"v{v.version} ", "bold"), (v.source, "dim"), f" {json.dumps(v.params)}")
         if run is not None:
-            label += (f"  sharpe {fmt(run.sharpe_ratio)} · return {fmt(run.total_return)}%"
-                      f" · trades {fmt(run.num_trades)}")
+            label.append(f"\nsharpe {fmt(run.sharpe_ratio)} · return {fmt(run.total_return)}%"
+                         f" · trades {fmt(run.num_trades)}")
         if edge is not None:
             delta = "—" if edge.performance_delta is None else f"{edge.performance_delta:+.1%}"
-            label += f"  [green]Δ {delta}[/] ({edge.optimization_type}: {edge.changes_made})"
+            label.append(f"\nΔ {delta}", style="green")
+            label.append(f" ({edge.optimization_type}: {edge.changes_made})")
+        if v.version in authors:
+            label.append(f"\nwritten by {'; '.join(authors[v.version])}", style="dim")
         parent = nodes.get(v.parent_version) if v.parent_version else None
         nodes[v.version] = (parent or root).add(label)
     return root

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich import box
 from rich.console import Group
 from rich.panel import Panel
-from rich.table import Table
 from rich.text import Text
 
+from rbi.cli.tables import Column, FitTable
 from rbi.outcome import RunOutcome, Status
 
 HEADLINE_STATS: tuple[tuple[str, str], ...] = (
@@ -52,9 +51,8 @@ def outcome_panel(name: str, outcome: RunOutcome) -> Panel:
             tail = "\n".join(outcome.stderr_tail.strip().splitlines()[-12:])
             parts.append(Panel(tail, title="stderr (tail)", border_style="dim"))
     else:
-        table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_column(style="cyan")
-        table.add_column(justify="right")
+        table = FitTable([Column("statistic", style="cyan", key=True), Column("value", justify="right")],
+                         show_header=False)
         for key, label in HEADLINE_STATS:
             if key in outcome.stats:
                 table.add_row(label, fmt(outcome.stats[key]))
@@ -79,28 +77,21 @@ def _short(value: Any) -> str:
     return fmt(value)
 
 
-def runs_table(records: list[Any], *, title: str = "Stored runs", width: int = 120) -> Table:
-    """The stored runs; on a narrow terminal the timestamp column is left out rather than squeezing the figures."""
-    wide = width >= 100
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("strategy", overflow="fold", min_width=10, ratio=1)
-    table.add_column("v", justify="right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for label in ("ret %", "sharpe", "max dd %", "trades"):
-        table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("error", overflow="fold", min_width=16)
-    if wide:
-        table.add_column("when (UTC)", no_wrap=True)
+def runs_table(records: list[Any], *, title: str = "Stored runs") -> FitTable:
+    """The stored runs; a narrow terminal hides the timestamp first, then the version and drawdown."""
+    table = FitTable([
+        Column("id", justify="right", key=True, heading="#{}"), Column("strategy", key=True),
+        Column("v", justify="right", drop=2),
+        Column("status", key=True), Column("ret %", justify="right"), Column("sharpe", justify="right"),
+        Column("max dd %", justify="right", drop=1), Column("trades", justify="right"),
+        Column("error", wrap=True), Column("when (UTC)", drop=3),
+    ], title=title)
     for record in records:
         style = {"succeeded": "green", "no_trades": "yellow", "failed": "red"}.get(record.status, "")
         error = ""
         if record.error_type:
             error = record.error_type + (f"@{record.error_line}" if record.error_line else "")
-        cells = [str(record.id), record.strategy_name, str(record.version), Text(record.status, style=style),
-                 _short(record.total_return), _short(record.sharpe_ratio), _short(record.max_drawdown),
-                 fmt(record.num_trades), error]
-        if wide:
-            cells.append(record.created_at.strftime("%Y-%m-%d %H:%M"))
-        table.add_row(*cells)
+        table.add_row(str(record.id), record.strategy_name, str(record.version), Text(record.status, style=style),
+                      _short(record.total_return), _short(record.sharpe_ratio), _short(record.max_drawdown),
+                      fmt(record.num_trades), error, record.created_at.strftime("%Y-%m-%d %H:%M"))
     return table

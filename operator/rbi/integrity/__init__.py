@@ -23,7 +23,7 @@ from rbi.integrity.facts import Facts, FrameFact, IntegrityError, parse_facts
 from rbi.integrity.fills import Bars, check_fills, check_frame
 from rbi.integrity.recompute import recompute
 
-__all__ = ["IntegrityError", "ServedData", "served_data", "verifier", "verify_report"]
+__all__ = ["IntegrityError", "ServedData", "host_dataset", "served_data", "verifier", "verify_report"]
 
 INTEGRITY_ERROR = "integrity_error"
 MAX_TRADES = 2000
@@ -142,16 +142,41 @@ def verify_report(report: dict[str, Any], *, frame: ServedData | pd.DataFrame | 
 
 
 def verifier(data_file: str | None, data_range: tuple[int, int] | None = None, *, mode: str | None = None,
-             max_trades: int = MAX_TRADES) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """verify_report bound to the dataset a run was served (loaded, and cached, only when needed)."""
+             max_trades: int = MAX_TRADES, data_fraction: tuple[float, float] | None = None,
+             ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """verify_report bound to the dataset a run was served (loaded, and cached, only when needed).
+
+    `data_fraction` (a Job's dataFraction) picks the rows the way rbi.runner does in the pod.
+    """
 
     def verify(report: dict[str, Any]) -> dict[str, Any]:
         served: ServedData | None = None
         if data_file is not None:
             try:
-                served = served_data(data_file, data_range)
+                rows = data_range
+                if data_fraction is not None:
+                    count = len(served_data(data_file).frame)
+                    rows = (int(count * float(data_fraction[0])), int(count * float(data_fraction[1])))
+                served = served_data(data_file, rows)
             except Exception:  # unreadable here: verify_report fails a run with figures, says why
                 served = None
         return verify_report(report, frame=served, mode=mode, max_trades=max_trades)
 
     return verify
+
+
+def host_dataset(container_path: str | None) -> str | None:
+    """Where the operator finds the dataset a Job read: the bundled sample of that name, or the same
+    path (the dataset PVC mounted in the operator at /data as in the Jobs). None: not readable here."""
+    from rbi.datasets import bundled_dataset
+    from rbi.errors import DataError
+    from rbi.runner import BUNDLED_PREFIX
+
+    if not container_path:
+        return None
+    if container_path.startswith(BUNDLED_PREFIX):
+        try:
+            return str(bundled_dataset(container_path[len(BUNDLED_PREFIX):]))
+        except DataError:
+            return None
+    return container_path if os.path.isfile(container_path) else None

@@ -49,8 +49,8 @@ def _exit_step(trade: TradeFact, bars: Bars, options: Options) -> int:
     return trade.exit_bar
 
 
-def _openings(trades: tuple[TradeFact, ...]) -> dict[int, float]:
-    """Trade number → the size it was opened with, for the first piece of each opening.
+def _openings(trades: tuple[TradeFact, ...]) -> tuple[dict[int, float], dict[int, int]]:
+    """(first piece → the size the trade was opened with, every piece → its first piece).
 
     `position.close(0.5)` splits a trade into pieces that share its entry bar, price and tag;
     backtesting charged the entry commission once, on the whole size, when it opened.
@@ -59,7 +59,8 @@ def _openings(trades: tuple[TradeFact, ...]) -> dict[int, float]:
     for number, trade in enumerate(trades):
         key = (trade.entry_bar, trade.entry_price, trade.size > 0, repr(trade.tag))
         groups.setdefault(key, []).append(number)
-    return {numbers[0]: sum(trades[k].size for k in numbers) for numbers in groups.values()}
+    first = {number: numbers[0] for numbers in groups.values() for number in numbers}
+    return {numbers[0]: sum(trades[k].size for k in numbers) for numbers in groups.values()}, first
 
 
 def equity_curve(facts: Facts, bars: Bars) -> np.ndarray:
@@ -73,7 +74,7 @@ def equity_curve(facts: Facts, bars: Bars) -> np.ndarray:
         return equity
     entry = [_entry_step(t, bars, options) for t in trades]
     exit_ = [_exit_step(t, bars, options) if t.exit_bar is not None else None for t in trades]
-    opening = _openings(trades)
+    opening, group = _openings(trades)
     # Cash events in broker order: (step, phase, trade, delta). Exits of older trades, then entries,
     # then exits of trades opened in the same step (a stop-loss hit on the entry bar).
     events: list[tuple[int, int, int, float]] = []
@@ -114,8 +115,12 @@ def equity_curve(facts: Facts, bars: Bars) -> np.ndarray:
         end = boundaries[k + 1] if k + 1 < len(boundaries) else n
         segment = slice(step, end)
         if position:
-            size = sum(int(t.size) for t in position.values())
-            cost = sum(t.size * t.entry_price for t in position.values())
+            # The broker holds one Trade per opening; its pieces still open are that trade's size.
+            held: dict[int, float] = {}
+            for number, trade in position.items():
+                held[group[number]] = held.get(group[number], 0.0) + trade.size
+            size = sum(int(held_size) for held_size in held.values())
+            cost = sum(held_size * trades[first].entry_price for first, held_size in held.items())
             equity[segment] = cash + (bars.close[segment] * size - cost)
         else:
             equity[segment] = cash

@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ BACKTEST_OPTIONS = frozenset({
     "finalize_trades",
 })  # fmt: skip
 _CSV_LIKE = (".csv", ".csv.gz", ".txt", ".tsv")
+# Inside the sandbox /tmp is the size-capped scratch: writes the code cannot make where it asked land here.
+OUTPUT_DIR = "/tmp/rbi-output"
 
 
 @dataclass(slots=True)
@@ -40,6 +43,8 @@ class BacktestRun:
 class RunHooks:
     raw_data_path: str | None
     redirects: list[str] = field(default_factory=list)
+    # Paths the code wrote to that are not writable here; the files went under OUTPUT_DIR.
+    outputs: list[str] = field(default_factory=list)
     # Options of each Backtest the code constructed, by id(); and its runs, in order.
     constructed: dict[int, dict[str, Any]] = field(default_factory=dict)
     runs: list[BacktestRun] = field(default_factory=list)
@@ -66,9 +71,35 @@ class RunHooks:
             return path
         if text == self.raw_data_path or _exists(text):
             return path
+        written = _mirror(text)
+        if _exists(written):
+            return written  # a file the code wrote earlier (to a place it could not write) and now reads back
         if text not in self.redirects:
             self.redirects.append(text)
         return self.raw_data_path
+
+    def written(self, path: Any) -> Any:
+        """Where a write goes: as asked when that directory is writable, else into the scratch mirror.
+
+        Generated scripts save their stats and plots to the author's folders (`/Users/<someone>/results`)
+        or next to the script (read-only here). A bare run on the author's machine succeeds, so the run
+        here must too: the file lands under OUTPUT_DIR instead of failing a finished backtest.
+        """
+        if not isinstance(path, str | os.PathLike):
+            return path
+        text = os.fspath(path)
+        if isinstance(text, bytes):
+            return path
+        if _exists(text) and os.access(text, os.W_OK):
+            return path  # /dev/null, a file in scratch
+        parent = os.path.dirname(os.path.abspath(text)) or "."
+        if _is_dir(parent) and os.access(parent, os.W_OK):
+            return path
+        target = _mirror(text)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if text not in self.outputs:
+            self.outputs.append(text)
+        return target
 
     def _serves_as_csv(self, original: Any, target: Any) -> bool:
         """A missing Parquet/Feather/JSON file redirected to the CSV dataset is read as CSV."""
@@ -87,6 +118,7 @@ class RunHooks:
             "read_feather": pd.read_feather, "read_json": pd.read_json, "open": builtins.open,
             "loadtxt": np.loadtxt, "genfromtxt": np.genfromtxt, "exists": os.path.exists,
             "isfile": os.path.isfile, "path_exists": pathlib.Path.exists, "path_is_file": pathlib.Path.is_file,
+            "makedirs": os.makedirs, "isdir": os.path.isdir, "path_is_dir": pathlib.Path.is_dir,
         }
         read_csv = originals["read_csv"]
 
@@ -110,16 +142,30 @@ class RunHooks:
             return patched
 
         def patched_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-            if "r" in mode and not any(ch in mode for ch in "wax+"):
-                file = hooks.served(file)
+            reading = "r" in mode and not any(ch in mode for ch in "wax+")
+            file = hooks.served(file) if reading else hooks.written(file)
             return originals["open"](file, mode, *args, **kwargs)
+
+        def patched_makedirs(name: Any, mode: int = 0o777, exist_ok: bool = False) -> None:
+            target = name
+            if isinstance(name, str | os.PathLike) and not _is_dir(os.fspath(name)):
+                # A folder the code cannot create here is made in the mirror, where its writes will go.
+                existing = os.path.abspath(os.fspath(name))
+                while not _is_dir(existing):
+                    existing = os.path.dirname(existing)
+                if not os.access(existing, os.W_OK):
+                    target = _mirror(os.fspath(name))
+            originals["makedirs"](target, mode, exist_ok=exist_ok)
 
         def exists_check(name: str) -> Any:
             original = originals[name]
 
             def patched(path: Any) -> bool:
-                # `if not os.path.exists(DATA): sys.exit(...)` must see the file it is about to be served.
-                return bool(original(hooks.served(path)))
+                # `if not os.path.exists(DATA): sys.exit(...)` must see the file it is about to be served,
+                # and pandas' "does the folder exist" check must see a folder made in the mirror.
+                if original(hooks.served(path)):
+                    return True
+                return isinstance(path, str | os.PathLike) and bool(original(_mirror(os.fspath(path))))
 
             return patched
 
@@ -128,7 +174,9 @@ class RunHooks:
 
             def patched(self: pathlib.Path, *args: Any, **kwargs: Any) -> bool:
                 target = hooks.served(self)
-                return bool(original(pathlib.Path(target) if target is not self else self, *args, **kwargs))
+                if original(pathlib.Path(target) if target is not self else self, *args, **kwargs):
+                    return True
+                return bool(original(pathlib.Path(_mirror(os.fspath(self))), *args, **kwargs))
 
             return patched
 
@@ -159,8 +207,11 @@ class RunHooks:
             (np, "genfromtxt", text_loader("genfromtxt")),
             (builtins, "open", patched_open),
             (io, "open", patched_open),
+            (os, "makedirs", patched_makedirs),
             (os.path, "exists", exists_check("exists")),
             (os.path, "isfile", exists_check("isfile")),
+            (os.path, "isdir", exists_check("isdir")),
+            (pathlib.Path, "is_dir", path_check("path_is_dir")),
             (pathlib.Path, "exists", path_check("path_exists")),
             (pathlib.Path, "is_file", path_check("path_is_file")),
             (Backtest, "__init__", patched_init),
@@ -177,6 +228,19 @@ class RunHooks:
         for owner, name, original in reversed(self._restore):
             setattr(owner, name, original)
         self._restore.clear()
+
+
+def _mirror(path: str) -> str:
+    """The place under OUTPUT_DIR that stands for `path` (absolute paths keep their shape)."""
+    return os.path.join(OUTPUT_DIR, os.path.abspath(path).lstrip(os.sep))
+
+
+def _is_dir(path: str) -> bool:
+    # Through os.stat, which the hooks leave alone: os.path.isdir itself is patched while they run.
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _exists(path: str) -> bool:

@@ -37,10 +37,12 @@ EXPECTED: dict[str, tuple[str, str | None, str | None, int | None]] = {
     "fragments_answer.txt": ("succeeded", "script", None, None),
     "optimize_script.py": ("succeeded", "script", None, None),
     "class_only.py": ("succeeded", "class", None, None),
+    "saves_results.py": ("succeeded", "script", None, None),
     "truncated_answer.py": ("failed", None, "syntax_error", 19),
     "bare_truncated.py": ("failed", None, "syntax_error", 15),
 }
 _RETURN_LINE = re.compile(r"^Return \[%\]\s+(?P<value>[-+0-9.eE]+)\s*$", re.MULTILINE)
+_AUTHOR_FOLDER = re.compile(r"""(?P<q>['"])/(?:Users|home)/[^'"\n]*(?<!\.csv)(?P=q)""")
 _DATA_LITERAL = re.compile(r"""(?P<q>['"])(?:/[^'"\n]*/)?(?:data/(?:rbi/)?)?BTC-USD-15m\.csv(?P=q)""")
 
 
@@ -95,6 +97,7 @@ def _in_process(path: Path, data_home: Path) -> float:
 def _own_printout(path: Path, data_home: Path) -> float:
     """The return the file prints when a bare interpreter runs it with its data where it expects it."""
     code = _DATA_LITERAL.sub(lambda m: repr(str(data_home / DATA_NAME)), extract_code(path.read_text()))
+    code = _AUTHOR_FOLDER.sub(lambda m: repr(str(data_home)), code)
     if "Backtest(" not in code:
         return _in_process(path, data_home)
     script = data_home / f"run_{path.stem}.py"
@@ -135,6 +138,16 @@ def test_a_hybrid_driven_in_class_mode_keeps_its_own_backtest(name: str, executo
     assert outcome.error is None, outcome.error
     assert outcome.mode == "class"
     assert outcome.stats["return_pct"] == pytest.approx(_own_printout(FILES / name, data_home), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_writes_the_sandbox_cannot_make_land_in_scratch_and_read_back(executor: LocalExecutor,
+                                                                      tmp_path: Path) -> None:
+    # The script saves stats, trades and a plot under /Users/<someone>/results, next to itself (read-only
+    # here), then reads its trades back: it must get the file it wrote, not the dataset served for CSVs.
+    outcome = _run(executor, FILES / "saves_results.py", tmp_path)
+    assert outcome.error is None, outcome.error
+    assert f"saved {outcome.stats['num_trades']} trades" in outcome.stdout_tail
 
 
 def test_a_cut_off_answer_never_runs_half_a_strategy() -> None:

@@ -9,7 +9,7 @@ by rbi.classify like every other sandbox report; a strategy cannot claim a platf
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,16 +93,23 @@ def _report(result: Mapping[str, Any] | None, log: str | None) -> dict[str, Any]
     return report
 
 
+Verify = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 def run_outcome(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], *, container: str,
-                log: str | None = None, mode: str | None = None) -> RunOutcome:
-    """The outcome of a finished single-run Job: the platform's failure if any, else the runner's result."""
+                log: str | None = None, mode: str | None = None, verify: Verify | None = None) -> RunOutcome:
+    """The outcome of a finished single-run Job: the platform's failure if any, else the runner's result.
+
+    With `verify` (rbi.integrity.verifier), figures come only from the full result in the pod log,
+    recomputed by the host: a termination message carries no facts, so its figures are never taken.
+    """
     pods = list(pods)
     platform = job_failure(job, pods)
     if platform is not None:
         return RunOutcome.failed(platform, mode=mode, stdout_tail=strip_markers(log)[-4000:])
     results = [r for r in pod_results(pods, container) if r.message is not None or r.exit_code is not None]
     message = results[-1].message if results else None
-    full: dict[str, Any] | None = message if not needs_log(message) else None
+    full: dict[str, Any] | None = message if not needs_log(message) and verify is None else None
     if full is None:
         lines = marked_lines(log, RESULT_MARKER)
         full = lines[-1] if lines else message
@@ -116,7 +123,7 @@ def run_outcome(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], *, co
                                           "(no termination message and no result line in the log)",
                                           detail=detail or "no_result"),
                                  mode=mode, stdout_tail=strip_markers(log)[-4000:])
-    return classify_report(_report(full, log), mode=mode or _text(full.get("mode")))
+    return classify_report(_report(full, log), mode=mode or _text(full.get("mode")), verify=verify)
 
 
 def _text(value: Any) -> str | None:
@@ -124,15 +131,18 @@ def _text(value: Any) -> str | None:
 
 
 def trial_outcomes(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], *, container: str,
-                   logs: Mapping[str, str] | None = None) -> dict[int, RunOutcome]:
-    """Each trial's outcome from the shards of an Indexed Job; trials of a shard that died share its failure."""
+                   logs: Mapping[str, str] | None = None, verify: Verify | None = None) -> dict[int, RunOutcome]:
+    """Each trial's outcome from the shards of an Indexed Job; trials of a shard that died share its failure.
+
+    With `verify`, only the trial lines of the pod logs count (each recomputed by the host).
+    """
     pods = list(pods)
     outcomes: dict[int, RunOutcome] = {}
     platform = job_failure(job, pods)
     for result in pod_results(pods, container):
         name = str((result.pod.get("metadata") or {}).get("name") or "")
         rows: list[tuple[int, dict[str, Any]]] = []
-        if result.message is not None and result.message.get("full") is True:
+        if result.message is not None and result.message.get("full") is True and verify is None:
             for row in result.message.get("trials") or []:
                 if isinstance(row, dict) and isinstance(row.get("i"), int):
                     error = {"type": row.get("e"), "message": row.get("m") or row.get("e")} if row.get("e") else None
@@ -143,7 +153,7 @@ def trial_outcomes(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], *,
                     rows.append((line["index"], line["report"]))
         for index, body in rows[:MAX_TRIALS]:
             if 0 <= index < MAX_TRIALS:
-                outcomes[index] = classify_report(_report(body, None), mode="class")
+                outcomes[index] = classify_report(_report(body, None), mode="class", verify=verify)
     if platform is not None and not outcomes:
         return {-1: RunOutcome.failed(platform)}
     return outcomes

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rbi import metrics
+from rbi.integrity import host_dataset, verifier
 from rbi.k8s import manifests as m
 from rbi.k8s.reasons import job_state
 from rbi.k8s.results import needs_log, parse_termination_message, trial_outcomes
@@ -194,13 +195,17 @@ async def on_stage_job_finished(state: OperatorState, job: dict[str, Any]) -> No
         pods = await runs.job_pods(state, namespace, job_name)
         logs: dict[str, str] = {}
         for pod in pods:
-            if needs_log(parse_termination_message(runs._container_message(pod))):
-                text = await state.kube.log(namespace, pod["metadata"]["name"], m.CONTAINER)
-                if text:
-                    logs[pod["metadata"]["name"]] = text
-        outcomes = trial_outcomes(job, pods, container=m.CONTAINER, logs=logs)
+            # Always the logs: each trial's figures are recomputed here from its facts, never read off a message.
+            text = await state.kube.log(namespace, pod["metadata"]["name"], m.CONTAINER)
+            if text:
+                logs[pod["metadata"]["name"]] = text
         configmap = await state.kube.get(configmap_path(namespace, job_name))
-        trials = json.loads(((configmap or {}).get("data") or {}).get("trials.json") or '{"trials": []}')["trials"]
+        batch = json.loads(((configmap or {}).get("data") or {}).get("trials.json") or '{"trials": []}')
+        trials = batch["trials"]
+        fraction = batch.get("dataFraction")
+        verify = verifier(host_dataset(runs.served_path(state, body)), mode="class",
+                          data_fraction=(float(fraction[0]), float(fraction[1])) if fraction else None)
+        outcomes = await asyncio.to_thread(trial_outcomes, job, pods, container=m.CONTAINER, logs=logs, verify=verify)
         params = {int(i): dict(p) for i, p in trials}
         if opt["state"] == TRIALS:
             await _after_trials(state, body, outcomes, params)

@@ -19,6 +19,7 @@ import kopf
 from rbi import metrics
 from rbi.engine import code_hash
 from rbi.errors import ExtractionError, SpecError
+from rbi.integrity import host_dataset, verifier
 from rbi.k8s import manifests as m
 from rbi.k8s.reasons import job_state, stuck_pod_failure
 from rbi.k8s.results import needs_log, parse_termination_message, run_outcome
@@ -387,15 +388,24 @@ async def on_run_job_finished(state: OperatorState, job: dict[str, Any]) -> None
         pods = await job_pods(state, namespace, job_name)
         log = None
         if pods:
-            message = parse_termination_message(_container_message(pods[-1]))
-            if needs_log(message):
-                log = await state.kube.log(namespace, pods[-1]["metadata"]["name"], m.CONTAINER)
-        outcome = run_outcome(job, pods, container=m.CONTAINER, log=log, mode=status.get("mode"))
+            # Always the log: figures come only from the full result line (with its facts), recomputed here.
+            log = await state.kube.log(namespace, pods[-1]["metadata"]["name"], m.CONTAINER)
+        verify = verifier(host_dataset(served_path(state, body)), mode=status.get("mode"))
+        outcome = await asyncio.to_thread(run_outcome, job, pods, container=m.CONTAINER, log=log,
+                                          mode=status.get("mode"), verify=verify)
         await finish(state, body, outcome, job=job_name)
 
 
 def _container_message(pod: dict[str, Any]) -> str | None:
     for item in (pod.get("status") or {}).get("containerStatuses") or []:
+def served_path(state: OperatorState, body: Any) -> str:
+    """The dataset path the resource's Jobs read (as plan() gives it to them)."""
+    data = (body.get("spec") or {}).get("data")
+    if isinstance(data, str):
+        data = {"path": data}
+    return m.container_data_path(data if isinstance(data, dict) else None, state.settings.job)
+
+
         if isinstance(item, dict) and item.get("name") == m.CONTAINER:
             ended = (item.get("state") or {}).get("terminated") or {}
             return ended.get("message") if isinstance(ended.get("message"), str) else None

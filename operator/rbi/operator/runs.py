@@ -396,8 +396,6 @@ async def on_run_job_finished(state: OperatorState, job: dict[str, Any]) -> None
         await finish(state, body, outcome, job=job_name)
 
 
-def _container_message(pod: dict[str, Any]) -> str | None:
-    for item in (pod.get("status") or {}).get("containerStatuses") or []:
 def served_path(state: OperatorState, body: Any) -> str:
     """The dataset path the resource's Jobs read (as plan() gives it to them)."""
     data = (body.get("spec") or {}).get("data")
@@ -406,6 +404,8 @@ def served_path(state: OperatorState, body: Any) -> str:
     return m.container_data_path(data if isinstance(data, dict) else None, state.settings.job)
 
 
+def _container_message(pod: dict[str, Any]) -> str | None:
+    for item in (pod.get("status") or {}).get("containerStatuses") or []:
         if isinstance(item, dict) and item.get("name") == m.CONTAINER:
             ended = (item.get("state") or {}).get("terminated") or {}
             return ended.get("message") if isinstance(ended.get("message"), str) else None

@@ -22,6 +22,7 @@ pandas_ta, `unused_imports`) and `no_trades`; `_source` holds the span editing t
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Iterable
 
@@ -33,7 +34,7 @@ from rbi.agents.fixers.freq_alias import fix_freq_alias, modern_freq
 from rbi.agents.fixers.index_column import fix_index_column
 from rbi.agents.fixers.indicator_shape import fix_indicator_shape
 from rbi.agents.fixers.lib_helpers import fix_lib_helpers
-from rbi.agents.fixers.lowercase_columns import BACKTEST_MESSAGE, fix_lowercase_columns
+from rbi.agents.fixers.lowercase_columns import BACKTEST_MESSAGE, NAMES_HELPER_MARKER, fix_lowercase_columns
 from rbi.agents.fixers.no_trades import diagnose_no_trades
 from rbi.agents.fixers.position_size import fix_position_size
 from rbi.agents.fixers.position_stops import fix_position_stops
@@ -116,6 +117,15 @@ _SIZE_MESSAGE = "size must be a positive fraction"
 _QUOTED = re.compile(r"""['"]([A-Za-z_ ]+)['"]""")
 
 
+def _fix_columns(code: str, *, missing: str) -> tuple[str, list[Fix]]:
+    """A missing OHLCV column: the code's own lower-casing when it has one, else the CSV's headers."""
+    if missing[:1].isupper():
+        new, fixes = fix_lowercase_columns(code, backtest=False)
+        if new != code or NAMES_HELPER_MARKER in code:  # done now, or on an earlier round
+            return new, fixes
+    return fix_column_names(code, missing=missing)
+
+
 def fix_for_failure(code: str, *, error_type: str, message: str, line: int | None) -> FixResult:
     """After a failed run, apply only the fixers that match the failure's class and message.
 
@@ -147,10 +157,7 @@ def fix_for_failure(code: str, *, error_type: str, message: str, line: int | Non
             fixers.append(lambda c: fix_index_column(c, missing=key))
         columns = [q for q in quoted if _canonical(q)]
         if columns:
-            missing = columns[0]
-            fixers.append(lambda c: fix_column_names(c, missing=missing))
-            if missing[:1].isupper():
-                fixers.append(lambda c: fix_lowercase_columns(c, backtest=False))
+            fixers.append(functools.partial(_fix_columns, missing=columns[0]))
     if error_type in ("import_error", "validation_error"):
         if "pandas_ta" in message:
             fixers.append(fix_pandas_ta)

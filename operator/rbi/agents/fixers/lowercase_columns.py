@@ -81,8 +81,8 @@ def fix_lowercase_columns(code: str, *, backtest: bool) -> tuple[str, list[Fix]]
                 and node.value.id in lowered and node.lineno > lowered[node.value.id] and _asks_capitalised(node):
             name = node.value.id
             edits.append(source.replace(node.value, f"{_WRAP}({name})"))
-            fixes.append(Fix("lowercase_columns", node.lineno, f"{name}[...] -> {_WRAP}({name})[...]: the columns "
-                             f"were lower-cased on line {lowered[name]}"))
+            fixes.append(Fix("lowercase_columns", node.lineno, f"{name}[...] -> {_WRAP}({name})[...]: the code "
+                             "lower-cased its columns above"))
     if not edits:
         return code, []
     return _insert_helper(_apply(code, edits), NAMES_HELPER_MARKER, NAMES_HELPER), sorted(

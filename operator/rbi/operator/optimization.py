@@ -24,7 +24,7 @@ from rbi import metrics
 from rbi.integrity import host_dataset, verifier
 from rbi.k8s import manifests as m
 from rbi.k8s.reasons import job_state
-from rbi.k8s.results import needs_log, parse_termination_message, trial_outcomes
+from rbi.k8s.results import trial_outcomes
 from rbi.operator import events, phases, runs
 from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path
 from rbi.operator.state import OperatorState

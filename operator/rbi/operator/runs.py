@@ -22,7 +22,7 @@ from rbi.errors import ExtractionError, SpecError
 from rbi.integrity import host_dataset, verifier
 from rbi.k8s import manifests as m
 from rbi.k8s.reasons import job_state, stuck_pod_failure
-from rbi.k8s.results import needs_log, parse_termination_message, run_outcome
+from rbi.k8s.results import run_outcome
 from rbi.operator import events, phases
 from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path, netpol_path, pod_path
 from rbi.operator.state import OperatorState

@@ -10,7 +10,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,10 +20,11 @@ from rbi import metrics
 from rbi.classify import classify_report
 from rbi.datasets import bundled_dataset
 from rbi.errors import DataError, ExtractionError, SandboxUnavailable
+from rbi.integrity import verifier
 from rbi.outcome import FailureClass, RunError, RunOutcome
 from rbi.prepare.data import dataset_hash, materialize_csv
 from rbi.prepare.extract import extract_code
-from rbi.prepare.inspect_code import check_code, detect_mode
+from rbi.prepare.inspect_code import backtest_options, check_code, detect_mode
 from rbi.sandbox.filesystem import DATA_DIR
 from rbi.sandbox.limits import SandboxLimits
 from rbi.sandbox.pool import WorkerPool
@@ -159,7 +160,7 @@ def prepare(spec: StrategySpec, *, data_override: Path | None = None, static_che
         dataset_name=data_path.name,
         limits=spec.limits,
         params=dict(spec.params),
-        backtest=dict(spec.backtest),
+        backtest={**backtest_options(code), **spec.backtest},
         strategy_class=spec.strategy_class,
     )
 
@@ -185,14 +186,51 @@ class LocalExecutor:
     def execute(self, run: PreparedRun) -> RunOutcome:
         started = time.monotonic()
         report = self.pool.submit(run.request(), timeout=run.limits.timeout_seconds)
-        outcome = classify_report(report, mode=run.mode)
+        return self._outcome(run, report, seconds=time.monotonic() - started)
+
+    def _outcome(self, run: PreparedRun, report: dict[str, Any], *, seconds: float) -> RunOutcome:
+        """One worker report → one outcome: the single place where execute and execute_batch classify a run."""
+        # The figures are the host's own recomputation from the run's facts and the data it served.
+        outcome = classify_report(report, mode=run.mode, verify=verifier(run.data_file, run.data_range, mode=run.mode,
+                                                                         max_trades=run.max_trades))
         metrics.record_run(executor="local", status=str(outcome.status),
                            failure_class=str(outcome.error.type) if outcome.error else None,
-                           seconds=time.monotonic() - started)
+                           seconds=seconds)
         outcome.code_hash = run.code_hash
         if not outcome.params:
             outcome.params = dict(run.params)
         return outcome
+
+    def execute_batch(self, runs: Sequence[PreparedRun]) -> list[RunOutcome]:
+        """Outcomes in the order given, each classified as `execute` would.
+
+        Runs of the same code, data and limits (the trials of a search) share sandboxed
+        children: split into at most `workers` batches, each batch one child that runs its trials
+        in turn (the module executed once, indicators reused), with a time budget per trial.
+        """
+        items = list(runs)
+        outcomes: list[RunOutcome | None] = [None] * len(items)
+
+        def run_chunk(chunk: list[int]) -> None:
+            first = items[chunk[0]]
+            request = first.request()
+            message = {key: request[key] for key in ("code", "data_file", "raw_data_file", "limits")}
+            message["mode"] = first.mode
+            message["runs"] = [items[i].request()["run"] for i in chunk]
+            started = time.monotonic()
+            reports = self.pool.submit_batch(message, timeout=first.limits.timeout_seconds)
+            for i, report in zip(chunk, reports, strict=True):
+                wall = report.get("wall_time")
+                seconds = float(wall) if isinstance(wall, int | float) else time.monotonic() - started
+                outcomes[i] = self._outcome(items[i], report, seconds=seconds)
+
+        chunks = plan_batches(items, workers=self.workers)
+        if len(chunks) == 1:
+            run_chunk(chunks[0])
+        else:
+            with ThreadPoolExecutor(max_workers=self.workers) as threads:
+                list(threads.map(run_chunk, chunks))
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def execute_many(self, runs: Iterable[PreparedRun]) -> Iterator[RunOutcome]:
         """Results in the order given, computed `workers` at a time."""
@@ -211,7 +249,29 @@ class LocalExecutor:
         self.close()
 
 
-__all__ = ["LocalExecutor", "PreparationFailed", "PreparedRun", "SandboxUnavailable", "prepare"]
+MAX_BATCH = 64
+
+
+def plan_batches(runs: Sequence[PreparedRun], *, workers: int, max_size: int = MAX_BATCH) -> list[list[int]]:
+    """Indices of `runs` grouped into batches: same code, mode, data and limits; contiguous slices of
+    each group, as many as there are workers (neighbouring trials of a grid often share indicators)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, run in enumerate(runs):
+        key = (run.code, run.mode, run.data_file, run.raw_data_file, run.limits)
+        groups.setdefault(key, []).append(index)
+    batches: list[list[int]] = []
+    for members in groups.values():
+        count = max(min(workers, len(members)), -(-len(members) // max_size))
+        size, extra = divmod(len(members), count)
+        start = 0
+        for part in range(count):
+            end = start + size + (1 if part < extra else 0)
+            batches.append(members[start:end])
+            start = end
+    return batches
+
+
+__all__ = ["LocalExecutor", "PreparationFailed", "PreparedRun", "SandboxUnavailable", "plan_batches", "prepare"]
 
 
 MAX_FIX_ROUNDS = 4

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import builtins
 import errno
-import io
 import json
 import linecache
 import os
@@ -23,9 +22,12 @@ import time
 import traceback
 import types
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from rbi import diagnostics
+from rbi.run_hooks import BACKTEST_OPTIONS, RunHooks
 
 READY_MARKER = b"RBI-READY\n"
 CODE_PATH = "/sandbox/strategy.py"
@@ -38,10 +40,7 @@ DEFAULT_BACKTEST: dict[str, Any] = {
     "commission": 0.002,
     "finalize_trades": True,
 }
-_BACKTEST_OPTIONS = {
-    "cash", "spread", "commission", "margin", "trade_on_close", "hedging", "exclusive_orders",
-    "finalize_trades",
-}
+_BACKTEST_OPTIONS = BACKTEST_OPTIONS
 _DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".txt")
 
 
@@ -199,110 +198,82 @@ def _load_frame(path: str) -> Any:
     return load_ohlcv(path)
 
 
-class ScriptHooks:
-    """Patches for script mode: serve data reads, capture stats, silence plotting."""
+@dataclass(slots=True)
+class LoadedModule:
+    """Class mode in a batch: the strategy module, executed once for all of the batch's trials.
 
-    def __init__(self, raw_data_path: str | None) -> None:
-        self.raw_data_path = raw_data_path
-        self.redirects: list[str] = []
-        self.stats: Any = None
-        self._restore: list[tuple[Any, str, Any]] = []
+    A module that fails to load fails every trial the same way; the options of a Backtest the
+    module built at import time (a hybrid's own cash and commission) are seen by every trial.
+    """
 
-    def uninstall(self) -> None:
-        """Undo the patches (matters only when the runner is used in-process, as in tests)."""
-        for owner, name, original in reversed(self._restore):
-            setattr(owner, name, original)
-        self._restore.clear()
-
-    def _redirect(self, path: Any) -> Any:
-        if self.raw_data_path is None or not isinstance(path, str | os.PathLike):
-            return path
-        text = os.fspath(path)
-        if isinstance(text, bytes):
-            return path
-        if os.path.exists(text) or not text.lower().endswith(_DATA_SUFFIXES):
-            return path
-        if text not in self.redirects:
-            self.redirects.append(text)
-        return self.raw_data_path
-
-    def install(self) -> None:
-        import pandas as pd
-        from backtesting import Backtest
-
-        hooks = self
-        read_csv, read_parquet, original_open = pd.read_csv, pd.read_parquet, builtins.open
-
-        def patched_read_csv(path: Any, *args: Any, **kwargs: Any) -> Any:
-            return read_csv(hooks._redirect(path), *args, **kwargs)
-
-        def patched_read_parquet(path: Any, *args: Any, **kwargs: Any) -> Any:
-            target = hooks._redirect(path)
-            if target is not path and str(target).endswith(".csv"):
-                return read_csv(target, *args, **kwargs)
-            return read_parquet(target, *args, **kwargs)
-
-        def patched_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-            if "r" in mode and not any(ch in mode for ch in "wax+"):
-                file = hooks._redirect(file)
-            return original_open(file, mode, *args, **kwargs)
-
-        run, optimize = Backtest.run, Backtest.optimize
-
-        def patched_run(self: Any, **kwargs: Any) -> Any:
-            hooks.stats = run(self, **kwargs)
-            return hooks.stats
-
-        def patched_optimize(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = optimize(self, *args, **kwargs)
-            hooks.stats = result[0] if isinstance(result, tuple) else result
-            return result
-
-        patches: list[tuple[Any, str, Any]] = [
-            (pd, "read_csv", patched_read_csv),
-            (pd, "read_parquet", patched_read_parquet),
-            (builtins, "open", patched_open),
-            (io, "open", patched_open),
-            (Backtest, "run", patched_run),
-            (Backtest, "optimize", patched_optimize),
-            (Backtest, "plot", lambda self, *a, **k: None),
-        ]
-        for owner, name, replacement in patches:
-            self._restore.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, replacement)
+    module: types.ModuleType | None = None
+    error: BaseException | None = None
+    constructed: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
-    """Run the strategy; always returns a JSON-able report, never raises."""
+def _class_module(code: types.CodeType, namespace: dict[str, Any], hooks: Any,
+                  loaded: LoadedModule | None) -> types.ModuleType:
+    if loaded is not None and loaded.error is not None:
+        raise loaded.error
+    if loaded is not None and loaded.module is not None:
+        sys.modules[MODULE_NAME] = loaded.module
+        hooks.constructed.update(loaded.constructed)
+        return loaded.module
+    namespace["__name__"] = MODULE_NAME
+    module = types.ModuleType(MODULE_NAME)
+    module.__dict__.update(namespace)
+    sys.modules[MODULE_NAME] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException as exc:
+        if loaded is not None:
+            loaded.error = exc
+        raise
+    if loaded is not None:
+        loaded.module = module
+        loaded.constructed = dict(hooks.constructed)
+    return module
+
+
+def _run_facts(hooks: RunHooks, stats: Any, served: Any, *, script: bool) -> dict[str, Any] | None:
+    """The raw facts of the backtest that produced `stats`, for the host to recompute (rbi.integrity)."""
+    from rbi.integrity.collect import run_facts
+
+    run = next((r for r in reversed(hooks.runs) if r.stats is stats), None)
+    return run_facts(run.backtest, stats, served=served, send_frame=script) if run is not None else None
+
+
+def execute(request: RunRequest, *, frame: Any = None, loaded: LoadedModule | None = None) -> dict[str, Any]:
+    """Run the strategy; always returns a JSON-able report, never raises.
+
+    `loaded` (class mode, from execute_batch) holds the strategy module executed once for a whole batch.
+    """
     from rbi import stats as stats_module
 
     collapser = WarningCollapser()
     collapser.install()
+    probe = diagnostics.Probe.installed()  # counts orders and cancellations: why a run made no trades
     report: dict[str, Any] = {"mode": request.mode, "error": None, "stats": None}
     started = time.perf_counter()
-    hooks: ScriptHooks | None = None
     saved_main = sys.modules.get("__main__")
+    # Data reads are served and the code's own Backtest watched in every mode: hybrid modules read
+    # their CSV at import time even when the runner drives their Strategy class.
+    hooks = RunHooks(request.raw_data_path or request.data_path)
     try:
         _, code = _load_code(request.code_path)
         namespace: dict[str, Any] = {"__file__": request.code_path, "__builtins__": builtins}
+        hooks.install()
         if request.mode == "script":
-            hooks = ScriptHooks(request.raw_data_path)
-            hooks.install()
             namespace["__name__"] = "__main__"
             module = types.ModuleType("__main__")
             module.__dict__.update(namespace)
             sys.modules["__main__"] = module
             exec(code, module.__dict__)
             result_stats = hooks.stats
-            report["redirected_reads"] = hooks.redirects
         else:
             from backtesting import Backtest
 
-            namespace["__name__"] = MODULE_NAME
-            module = types.ModuleType(MODULE_NAME)
-            module.__dict__.update(namespace)
-            sys.modules[MODULE_NAME] = module
-            exec(code, module.__dict__)
+            module = _class_module(code, namespace, hooks, loaded)
             strategy = _pick_strategy(module.__dict__, request.strategy_class)
             if frame is None:
                 if not request.data_path:
@@ -311,12 +282,17 @@ def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
             if request.data_range is not None:
                 start, end = request.data_range
                 frame = frame.iloc[int(start):int(end)]
-            backtest = Backtest(frame, strategy, **_backtest_options(request.backtest))
+            # A hybrid that builds its own Backtest keeps its cash and commission unless the spec says otherwise.
+            backtest = Backtest(frame, strategy, **_backtest_options({**hooks.last_options, **request.backtest}))
             result_stats = backtest.run(**request.params)
             report["strategy_class"] = strategy.__name__
+        report["redirected_reads"] = hooks.redirects
+        report["redirected_writes"] = hooks.outputs
         if result_stats is not None:
             report["stats"] = stats_module.stats_to_dict(result_stats)
             report["params"] = stats_module.json_safe(stats_module.strategy_params(result_stats))
+            report["facts"] = _run_facts(hooks, result_stats, frame, script=request.mode == "script")
+            report["diagnostics"] = probe.report(result_stats)
             if request.include_series:
                 report["equity_curve"] = stats_module.equity_curve(result_stats)
                 report["trades"] = stats_module.trades_summary(result_stats, max_trades=request.max_trades)
@@ -326,19 +302,52 @@ def execute(request: RunRequest, *, frame: Any = None) -> dict[str, Any]:
             report["error"] = {"type": "runtime_error", "message": f"SystemExit: {exc.code}",
                                "line": _code_line(exc.__traceback__, request.code_path),
                                "detail": "SystemExit", "traceback": ""}
-        if hooks is not None and hooks.stats is not None:
+        if request.mode == "script" and hooks.stats is not None:
             report["stats"] = stats_module.stats_to_dict(hooks.stats)
+            report["facts"] = _run_facts(hooks, hooks.stats, frame, script=True)
     except BaseException as exc:
         report["error"] = classify_exception(exc, request.code_path)
     finally:
-        if hooks is not None:
-            hooks.uninstall()
+        probe.uninstall()
+        hooks.uninstall()
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
         collapser.uninstall()
     report["execution_time"] = time.perf_counter() - started
     report["warnings"] = collapser.summary()
     return report
+
+
+def execute_batch(requests: Iterable[RunRequest], *, frame: Any = None,
+                  cache: Any = None) -> Iterator[dict[str, Any]]:
+    """Run a batch of trials of one strategy in turn; yields one report per trial, each from execute().
+
+    Class mode: the module is executed once for the batch, the dataset loaded once, and
+    `Strategy.I` results reused across trials (rbi.indicator_cache). Script mode runs each
+    request on its own: a script is its own backtest.
+    """
+    from rbi.indicator_cache import IndicatorCache, installed
+
+    indicators = cache if cache is not None else IndicatorCache()
+    modules: dict[str, LoadedModule] = {}
+    frames: dict[str, Any] = {}
+    with installed(indicators):
+        for request in requests:
+            if request.mode != "class":
+                yield execute(request, frame=frame)
+                continue
+            data = frame
+            if data is None and request.data_path:
+                if request.data_path not in frames:
+                    try:
+                        frames[request.data_path] = _load_frame(request.data_path)
+                    except Exception:
+                        frames[request.data_path] = None  # execute() loads it again and reports why
+                data = frames[request.data_path]
+            window = tuple(request.data_range) if request.data_range is not None else None
+            # `data` stays referenced for the whole batch, so its id names this dataset only.
+            indicators.window = (id(data), request.data_path, window)
+            yield execute(request, frame=data, loaded=modules.setdefault(request.code_path, LoadedModule()))
 
 
 def encode_report(report: dict[str, Any]) -> bytes:
@@ -523,11 +532,11 @@ def _run_trials(args: argparse.Namespace, request: RunRequest) -> int:
     if fraction and request.data_path:
         request.data_range = _rows(request.data_path, fraction)
     results: list[dict[str, Any]] = []
-    for position, (trial_index, params) in enumerate(batch.get("trials", [])):
-        if position % shards != index:
-            continue
-        request.params = dict(params)
-        report = execute(request)
+    mine = [(trial_index, params) for position, (trial_index, params) in enumerate(batch.get("trials", []))
+            if position % shards == index]
+    # One batch per shard: the module is executed once and indicators are reused across its trials.
+    requests = [replace(request, params=dict(params)) for _, params in mine]
+    for (trial_index, _), report in zip(mine, execute_batch(requests), strict=True):
         report.pop("equity_curve", None)
         report.pop("trades", None)
         results.append({"index": trial_index, "report": report})

@@ -177,6 +177,46 @@ class WorkerPool:
         self._idle.put(worker)
         return response
 
+    def submit_batch(self, message: dict[str, Any], *, timeout: float) -> list[dict[str, Any]]:
+        """Run message["runs"] as one batch on a free worker: one report per run, in order.
+
+        `timeout` is one trial's budget. A worker that breaks the protocol is replaced, and every run it
+        had not answered comes back as `worker_error`.
+        """
+        count = len(message["runs"])
+        with self._lock:
+            self._counter += 1
+            message = {**message, "id": self._counter, "unsafe": self.unsafe}
+        worker = self._acquire()
+        started = time.monotonic()
+        reports: list[dict[str, Any]] = []
+        try:
+            protocol.write_frame(worker._in, message)
+            while True:
+                # A child answers its trials when it ends (a later frame can void an earlier answer),
+                # so the next answer may take every remaining trial's budget.
+                frame = worker._read(timeout * (count - len(reports)) + 30.0)
+                if frame.get("id") != message["id"]:
+                    raise protocol.ProtocolError("answer for another request")
+                if "done" in frame:
+                    break
+                report = frame.get("report")
+                if frame.get("index") != len(reports) or len(reports) >= count or not isinstance(report, dict):
+                    raise protocol.ProtocolError("batch answer out of order")
+                reports.append({**report, "id": message["id"]})
+            if len(reports) != count:
+                raise protocol.ProtocolError(f"batch answered {len(reports)} of {count} runs")
+        except (EOFError, OSError, TimeoutError, protocol.ProtocolError, ValueError) as exc:
+            worker.kill()
+            with self._lock:
+                self._started -= 1
+                self._workers.discard(worker)
+            error = {"id": message["id"], "worker_error": f"sandbox worker failed: {type(exc).__name__}: {exc}",
+                     "wall_time": time.monotonic() - started}
+            return reports + [dict(error) for _ in range(count - len(reports))]
+        self._idle.put(worker)
+        return reports
+
     def close(self) -> None:
         """Idle workers exit cleanly; a worker still busy (Ctrl-C mid-run) is killed with its run."""
         self._closed = True

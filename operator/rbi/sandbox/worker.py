@@ -17,9 +17,11 @@ import selectors
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from rbi.sandbox import cgroups, filesystem, jail, protocol
+from rbi.sandbox import cgroups, filesystem, frames, jail, protocol
 from rbi.sandbox.capture import BoundedCapture
 from rbi.sandbox.limits import SandboxLimits
 
@@ -27,6 +29,7 @@ MAX_RESULT_BYTES = 16 * 2**20
 _HIGH_FD = 20
 _CHUNK = 65536
 _REAP_GRACE_SECONDS = 10.0
+_READY = b"RBI-READY\n"  # rbi.runner.READY_MARKER, without importing the runner here
 
 
 def _preload() -> None:
@@ -40,7 +43,6 @@ def _preload() -> None:
     import rbi.prepare.data
     import rbi.runner
     import rbi.stats  # noqa: F401
-
     from rbi.compat import pandas_ta
 
     pandas_ta.install(warm=True)  # `import pandas_ta` in strategies: pandas-ta-classic, loaded before the fork
@@ -122,23 +124,54 @@ def _high(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD, _HIGH_FD)
 
 
-def _child_body(request: dict[str, Any], frame: Any, code_path: str | None = None) -> int:
-    from rbi import runner
-
+def _fresh_streams() -> None:
     # Fresh stream objects: the worker's buffers must not leak into the run's output.
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True, errors="replace")
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True, errors="replace")
-    os.write(jail.RESULT_FD, runner.READY_MARKER)
-    run_request = runner.RunRequest.from_json(request["run"])
-    if code_path is not None:
-        # Unprotected mode: no bind mounts, so the strategy reads the host paths directly.
-        run_request.code_path = code_path
-        run_request.raw_data_path = request.get("raw_data_file")
-    report = runner.execute(run_request, frame=frame)
+
+
+def _flush_streams() -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _run_requests(request: dict[str, Any], code_path: str | None) -> list[Any]:
+    from rbi import runner
+
+    requests = []
+    for raw in request["runs"]:
+        run_request = runner.RunRequest.from_json(raw)
+        if code_path is not None:
+            # Unprotected mode: no bind mounts, so the strategy reads the host paths directly.
+            run_request.code_path = code_path
+            run_request.raw_data_path = request.get("raw_data_file")
+        requests.append(run_request)
+    return requests
+
+
+def _child_body(request: dict[str, Any], frame: Any, code_path: str | None = None) -> int:
+    from rbi import runner
+
+    _fresh_streams()
+    os.write(jail.RESULT_FD, runner.READY_MARKER)
+    (run_request,) = _run_requests({**request, "runs": [request["run"]]}, code_path)
+    report = runner.execute(run_request, frame=frame)
+    _flush_streams()
     runner.write_report_fd(jail.RESULT_FD, report)
+    return 0
+
+
+def _batch_body(request: dict[str, Any], frame: Any, code_path: str | None = None) -> int:
+    """The trials of a batch in turn, one result frame each, as soon as each is done."""
+    from rbi import runner
+
+    _fresh_streams()
+    os.write(jail.RESULT_FD, runner.READY_MARKER)
+    requests = _run_requests(request, code_path)
+    for index, report in enumerate(runner.execute_batch(requests, frame=frame)):
+        _flush_streams()
+        frames.write(jail.RESULT_FD, index, runner.encode_report(report))
     return 0
 
 
@@ -148,30 +181,36 @@ def _exits_within(pidfd: int, seconds: float) -> bool:
     return bool(poller.poll(int(seconds * 1000)))
 
 
-_pending_cleanup: list[cgroups.RunCgroup] = []
-
-
-def _clean_up_cgroups() -> None:
-    while _pending_cleanup:
-        _pending_cleanup.pop().remove()
-
-
 def _kill(pid: int | None) -> None:
     if pid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
 
-def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, use_cgroups: bool,
-            baseline_vm: int) -> dict[str, Any]:
-    limits = SandboxLimits.from_json(request["limits"])
-    mode = request["run"]["mode"]
-    frame = None
-    if mode == "class" and request.get("data_file"):
+@dataclass(slots=True)
+class _Child:
+    pid: int
+    out_r: int
+    err_r: int
+    res_r: int
+    ctl_r: int
+    started: float
+    setup_error: str | None = None
+
+
+def _load_frame(request: dict[str, Any], cache: FrameCache) -> tuple[Any, str | None]:
+    if request["mode"] == "class" and request.get("data_file"):
         try:
-            frame = cache.get(request["data_file"])
+            return cache.get(request["data_file"]), None
         except Exception as exc:
-            return {"id": request["id"], "data_error": str(exc) or type(exc).__name__}
+            return None, str(exc) or type(exc).__name__
+    return None, None
+
+
+def _spawn(request: dict[str, Any], limits: SandboxLimits, *, body: Callable[..., int], frame: Any,
+           mountpoint: str, baseline_vm: int, group: cgroups.RunCgroup | None) -> _Child:
+    """Fork S, which enters the sandbox and runs body(request, frame[, code_path]) in P."""
+    mode = request["mode"]
     raw = request.get("raw_data_file")
     plan = filesystem.default_plan(
         data_file=raw if mode == "script" else None,
@@ -182,11 +221,6 @@ def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, use_
     # The address-space limit counts what the worker already mapped; the run gets `memory` on top.
     as_limits = SandboxLimits.from_json({**limits.to_json(), "memory_bytes": limits.memory_bytes + baseline_vm})
     config = jail.JailConfig(limits=as_limits, plan=plan, mountpoint=mountpoint, code=request["code"])
-
-    group = None
-    if use_cgroups:
-        group = cgroups.create(f"run-{os.getpid()}-{request['id']}", memory_bytes=limits.memory_bytes,
-                               cpus=limits.cpus, max_processes=limits.max_processes)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
@@ -210,10 +244,9 @@ def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, use_
                     with contextlib.suppress(OSError):
                         os.close(fd)
             if request.get("unsafe"):
-                jail.run_unprotected(config, lambda path: _child_body(request, frame, path), high["ctl"],
-                                     high["go"])
+                jail.run_unprotected(config, lambda path: body(request, frame, path), high["ctl"], high["go"])
             else:
-                jail.run_in_namespace(config, lambda: _child_body(request, frame), high["ctl"], high["go"])
+                jail.run_in_namespace(config, lambda: body(request, frame), high["ctl"], high["go"])
         finally:
             os._exit(123)
     for fd in (out_w, err_w, res_w, ctl_w, go_r):
@@ -226,53 +259,258 @@ def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, use_
             setup_error = f"could not join cgroup: {exc}"
     os.write(go_w, b"g")
     os.close(go_w)
-    report = _monitor(pid, limits, out_r=out_r, err_r=err_r, res_r=res_r, ctl_r=ctl_r, started=started)
-    if setup_error:
-        report["setup_error"] = setup_error
-    if group is not None:
-        report["cgroup"] = {"peak_memory": group.peak_memory(), "oom_killed": group.oom_killed(),
-                            "pids_limit_hit": group.pids_limit_hit()}
-        group.kill_all()
-        # rmdir waits until the kernel has released the run's last task; do that after answering.
-        _pending_cleanup.append(group)
+    return _Child(pid, out_r, err_r, res_r, ctl_r, started, setup_error)
+
+
+def _cgroup_facts(group: cgroups.RunCgroup) -> dict[str, Any]:
+    return {"peak_memory": group.peak_memory(), "oom_killed": group.oom_killed(),
+            "pids_limit_hit": group.pids_limit_hit()}
+
+
+def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, cgroup: cgroups.ReusableCgroup | None,
+            baseline_vm: int) -> dict[str, Any]:
+    limits = SandboxLimits.from_json(request["limits"])
+    frame, data_error = _load_frame({**request, "mode": request["run"]["mode"]}, cache)
+    if data_error is not None:
+        return {"id": request["id"], "data_error": data_error}
+    group = None
+    if cgroup is not None:
+        group = cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                               max_processes=limits.max_processes)
+    child = _spawn({**request, "mode": request["run"]["mode"]}, limits, body=_child_body, frame=frame,
+                   mountpoint=mountpoint, baseline_vm=baseline_vm, group=group)
+    life = _monitor(child, limits, trials=None, group=group)
+    report = life.single_report()
+    if child.setup_error:
+        report["setup_error"] = child.setup_error
+    if group is not None and cgroup is not None:
+        report["cgroup"] = _cgroup_facts(group)
+        cgroup.release(group)
     report["id"] = request["id"]
     return report
 
 
-def _monitor(pid: int, limits: SandboxLimits, *, out_r: int, err_r: int, res_r: int, ctl_r: int,
-             started: float) -> dict[str, Any]:
-    stdout, stderr = BoundedCapture(), BoundedCapture()
-    result = bytearray()
-    control = bytearray()
+def run_batch(request: dict[str, Any], emit: Callable[[int, dict[str, Any]], None], *, cache: FrameCache,
+              mountpoint: str, cgroup: cgroups.ReusableCgroup | None, baseline_vm: int) -> int:
+    """Run request["runs"] in as few sandboxed children as it takes; emit(index, report) for each trial.
+
+    A child runs the trials in turn. When one overruns its time budget, prints too much, breaks
+    the result channel or kills the child, that trial gets its own classified report and the
+    trials after it go to a fresh child. Each child settles at least one trial, so a batch of n
+    trials takes at most n children. Returns the number of children used.
+    """
+    limits = SandboxLimits.from_json(request["limits"])
+    runs: list[dict[str, Any]] = list(request["runs"])
+    frame, data_error = _load_frame(request, cache)
+    if data_error is not None:
+        for index in range(len(runs)):
+            emit(index, {"data_error": data_error})
+        return 0
+    done = 0
+    children = 0
+    while done < len(runs):
+        children += 1
+        group = None
+        if cgroup is not None:
+            group = cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                                   max_processes=limits.max_processes)
+        child = _spawn({**request, "runs": runs[done:]}, limits, body=_batch_body, frame=frame,
+                       mountpoint=mountpoint, baseline_vm=baseline_vm, group=group)
+        life = _monitor(child, limits, trials=len(runs) - done, group=group)
+        settled = life.trial_reports()
+        for report in settled:
+            if child.setup_error:
+                report["setup_error"] = child.setup_error
+            emit(done, report)
+            done += 1
+        if group is not None and cgroup is not None:
+            cgroup.release(group)
+        if not life.ready or child.setup_error:
+            # The sandbox itself did not start: the same for every trial left, so no retry.
+            report = life.failed_trial_report()
+            if child.setup_error:
+                report["setup_error"] = child.setup_error
+            while done < len(runs):
+                emit(done, dict(report))
+                done += 1
+    return children
+
+
+@dataclass(slots=True)
+class _Trial:
+    """What the monitor saw of one trial: its output and, once its frame came, its result."""
+
+    started: float
+    stdout: BoundedCapture = field(default_factory=BoundedCapture)
+    stderr: BoundedCapture = field(default_factory=BoundedCapture)
+    payload: bytes | None = None
+    wall: float = 0.0
+    peak_memory: int | None = None
+
+    def streams(self) -> dict[str, Any]:
+        return {"stdout": self.stdout.text(), "stdout_total": self.stdout.total,
+                "stderr": self.stderr.text(), "stderr_total": self.stderr.total}
+
+
+@dataclass(slots=True)
+class _Life:
+    """One child's life as the monitor saw it."""
+
+    trials: list[_Trial]
     killed: str | None = None
+    ready: bool = False
+    outer_status: int = 0
+    inner_status: int | None = None
+    wall_time: float = 0.0
+    cpu_time: float = 0.0
+    max_rss_bytes: int = 0
+    result: bytes = b""  # single mode: everything after the ready marker
+    frame_error: frames.FrameError | None = None
+    group: cgroups.RunCgroup | None = None
+
+    def _ending(self) -> dict[str, Any]:
+        return {"killed": self.killed, "ready": self.ready, "outer_status": self.outer_status,
+                "inner_status": self.inner_status, "cpu_time": self.cpu_time, "max_rss_bytes": self.max_rss_bytes}
+
+    def single_report(self) -> dict[str, Any]:
+        payload = self.result
+        return {**self._ending(), "wall_time": self.wall_time, **self.trials[0].streams(),
+                "result": payload.decode("utf-8", errors="replace") if len(payload) <= MAX_RESULT_BYTES else None,
+                "result_bytes": len(payload)}
+
+    def trial_reports(self) -> list[dict[str, Any]]:
+        """A report for each trial this child settled: those with a frame, then the one it ended on."""
+        answered = [t for t in self.trials if t.payload is not None]
+        reports = [self._answered(t) for t in answered]
+        error = self.frame_error
+        if self.ready and error is not None and reports and (
+                error.kind == "extra" or (error.kind == "out_of_order" and error.index == len(reports) - 1)):
+            # A second frame for the trial that has just answered: that answer is suspect. The trial
+            # running now (if any) was cut short through no fault of its own: it goes to the next child.
+            reports[-1] = self._tampered(answered[-1])
+            return reports
+        if not self.ready or len(reports) == len(self.trials):
+            return reports
+        current = self.trials[len(reports)]
+        if error is not None and error.kind != "oversize":
+            reports.append(self._tampered(current))
+        else:
+            reports.append(self._died(current))
+        return reports
+
+    def _answered(self, trial: _Trial) -> dict[str, Any]:
+        assert trial.payload is not None
+        return {"killed": None, "ready": True, "outer_status": None, "inner_status": None, "wall_time": trial.wall,
+                **trial.streams(), "result": trial.payload.decode("utf-8", errors="replace"),
+                "result_bytes": len(trial.payload),
+                "cgroup": {"peak_memory": trial.peak_memory, "oom_killed": False, "pids_limit_hit": False}}
+
+    def _tampered(self, trial: _Trial) -> dict[str, Any]:
+        # No result: classify calls it a runtime_error (the result channel was overwritten).
+        return {"killed": None, "ready": True, "outer_status": None, "inner_status": None, "wall_time": trial.wall,
+                **trial.streams(), "result": None, "result_bytes": 0, "channel_error": str(self.frame_error or "")}
+
+    def _died(self, trial: _Trial) -> dict[str, Any]:
+        report = {**self._ending(), "wall_time": time.monotonic() - trial.started, **trial.streams(),
+                  "result": None, "result_bytes": 0}
+        if self.group is not None:
+            report["cgroup"] = _cgroup_facts(self.group)
+        return report
+
+    def failed_trial_report(self) -> dict[str, Any]:
+        report = {**self._ending(), "wall_time": self.wall_time, **self.trials[-1].streams(), "result": None,
+                  "result_bytes": 0}
+        if self.group is not None:
+            report["cgroup"] = _cgroup_facts(self.group)
+        return report
+
+
+def _monitor(child: _Child, limits: SandboxLimits, *, trials: int | None,
+             group: cgroups.RunCgroup | None) -> _Life:
+    """Pump the child's streams until it ends or breaks a limit; kill it in the second case.
+
+    trials=None: one run, whose result is everything after the ready marker. Otherwise a batch
+    of that many trials: each trial has its own time budget from the moment the previous one
+    answered (the first from the start, so module loading counts), and its own output limit.
+    """
+    life = _Life(trials=[_Trial(started=child.started)], group=group)
+    reader = frames.FrameReader(expected=trials, max_payload=MAX_RESULT_BYTES) if trials is not None else None
+    prefix = bytearray()
+    control = bytearray()
     inner_pid: int | None = None
     selector = selectors.DefaultSelector()
-    streams = {out_r: "out", err_r: "err", res_r: "res", ctl_r: "ctl"}
+    streams = {child.out_r: "out", child.err_r: "err", child.res_r: "res", child.ctl_r: "ctl"}
     for fd in streams:
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
-    pidfd = os.pidfd_open(pid)
+    pidfd = os.pidfd_open(child.pid)
     selector.register(pidfd, selectors.EVENT_READ)
-    deadline = started + limits.timeout_seconds
+    deadline = child.started + limits.timeout_seconds
     exited = False
+    all_answered = False
 
-    def pump(fd: int) -> None:
-        nonlocal inner_pid
+    def read(fd: int) -> bytes | None:
         try:
             chunk = os.read(fd, _CHUNK)
         except BlockingIOError:
-            return
+            return None
         if not chunk:
             selector.unregister(fd)
+        return chunk
+
+    def drain_output() -> None:
+        # Output written before a trial's frame belongs to that trial: take what is in the pipes now.
+        for fd in (child.out_r, child.err_r):
+            while fd in selector.get_map():
+                chunk = read(fd)
+                if not chunk:
+                    break
+                (life.trials[-1].stdout if fd == child.out_r else life.trials[-1].stderr).feed(chunk)
+
+    def on_result(chunk: bytes) -> None:
+        nonlocal deadline
+        if reader is None:
+            if len(prefix) <= MAX_RESULT_BYTES:
+                prefix.extend(chunk)
+            return
+        if not life.ready:
+            prefix.extend(chunk)
+            if len(prefix) < len(_READY):
+                return
+            if not prefix.startswith(_READY):
+                life.frame_error = frames.FrameError("the result channel did not start with the ready marker",
+                                                     kind="malformed")
+                return
+            life.ready = True
+            chunk = bytes(prefix[len(_READY):])
+        try:
+            completed = reader.feed(chunk)
+        except frames.FrameError as exc:
+            completed = []
+            life.frame_error = exc
+        for _, payload in completed:
+            drain_output()
+            now = time.monotonic()
+            trial = life.trials[-1]
+            trial.payload, trial.wall = payload, now - trial.started
+            if group is not None:
+                trial.peak_memory = group.peak_memory()
+                group.reset_peak()
+            life.trials.append(_Trial(started=now))
+            deadline = now + limits.timeout_seconds
+
+    def pump(fd: int) -> None:
+        nonlocal inner_pid
+        chunk = read(fd)
+        if not chunk:
             return
         kind = streams[fd]
         if kind == "out":
-            stdout.feed(chunk)
+            life.trials[-1].stdout.feed(chunk)
         elif kind == "err":
-            stderr.feed(chunk)
+            life.trials[-1].stderr.feed(chunk)
         elif kind == "res":
-            if len(result) <= MAX_RESULT_BYTES:
-                result.extend(chunk)
+            on_result(chunk)
         else:
             control.extend(chunk)
             for line in bytes(control).splitlines():
@@ -282,29 +520,37 @@ def _monitor(pid: int, limits: SandboxLimits, *, out_r: int, err_r: int, res_r: 
     while not exited:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            killed = "timeout"
+            life.killed = "timeout"
             break
         for key, _ in selector.select(min(remaining, 1.0)):
             if key.fd == pidfd:
                 exited = True
             else:
                 pump(key.fd)
-        if stdout.total + stderr.total > limits.max_output_bytes:
-            killed = "output"
+        current = life.trials[-1]
+        if current.stdout.total + current.stderr.total > limits.max_output_bytes:
+            life.killed = "output"
             break
-        if len(result) > MAX_RESULT_BYTES:
-            killed = "result"
+        if reader is None and len(prefix) > MAX_RESULT_BYTES:
+            life.killed = "result"
             break
-    if killed:
+        if life.frame_error is not None:
+            life.killed = "result" if life.frame_error.kind == "oversize" else None
+            break
+        if reader is not None and reader.next_index == trials and not all_answered:
+            # Every trial answered: the child only has to exit now, within the grace a killed one gets.
+            all_answered = True
+            deadline = time.monotonic() + _REAP_GRACE_SECONDS
+    if not exited:
         # Kill P, the PID namespace's init (every process in the namespace dies with it), and let
         # S reap it. Killing S at the same time orphans P: it stays a zombie of the sandbox uid,
         # counted against RLIMIT_NPROC, until the host's init reaps it, which never happens where
         # PID 1 does not reap (a container whose PID 1 is the Python operator).
         _kill(inner_pid)
         if inner_pid is None or not _exits_within(pidfd, _REAP_GRACE_SECONDS):
-            _kill(pid)
-    _, wait_status, usage = os.wait4(pid, 0)
-    wall = time.monotonic() - started
+            _kill(child.pid)
+    _, wait_status, usage = os.wait4(child.pid, 0)
+    life.wall_time = time.monotonic() - child.started
     # Drain what is left; every writer is gone once the PID namespace is torn down.
     drain_until = time.monotonic() + 2.0
     while selector.get_map() and len(selector.get_map()) > 1 and time.monotonic() < drain_until:
@@ -312,30 +558,22 @@ def _monitor(pid: int, limits: SandboxLimits, *, out_r: int, err_r: int, res_r: 
             if key.fd != pidfd:
                 pump(key.fd)
     selector.close()
-    for fd in (out_r, err_r, res_r, ctl_r, pidfd):
+    for fd in (child.out_r, child.err_r, child.res_r, child.ctl_r, pidfd):
         with contextlib.suppress(OSError):
             os.close(fd)
-    inner_status = None
     for line in bytes(control).splitlines():
         if line.startswith(b"status "):
-            inner_status = int(line.split()[1])
-    ready = bytes(result).startswith(b"RBI-READY\n")
-    payload = bytes(result)[len(b"RBI-READY\n"):] if ready else b""
-    return {
-        "killed": killed,
-        "ready": ready,
-        "outer_status": wait_status,
-        "inner_status": inner_status,
-        "wall_time": wall,
-        "cpu_time": usage.ru_utime + usage.ru_stime,
-        "max_rss_bytes": usage.ru_maxrss * 1024,
-        "stdout": stdout.text(),
-        "stdout_total": stdout.total,
-        "stderr": stderr.text(),
-        "stderr_total": stderr.total,
-        "result": payload.decode("utf-8", errors="replace") if len(payload) <= MAX_RESULT_BYTES else None,
-        "result_bytes": len(payload),
-    }
+            life.inner_status = int(line.split()[1])
+    life.outer_status = wait_status
+    life.cpu_time = usage.ru_utime + usage.ru_stime
+    life.max_rss_bytes = usage.ru_maxrss * 1024
+    if reader is None:
+        life.ready = bytes(prefix).startswith(_READY)
+        life.result = bytes(prefix)[len(_READY):] if life.ready else b""
+    else:
+        # Each answer opened the next trial; after the last answer there is none.
+        life.trials = life.trials[:trials]
+    return life
 
 
 def hello(use_cgroups: bool) -> dict[str, Any]:
@@ -361,20 +599,45 @@ def main() -> int:
     # Keep the garbage collector from touching (and so copying) every inherited object in each child.
     gc.collect()
     gc.freeze()
+    # One cgroup for all of this worker's runs, reset in between (cheaper than one per run).
+    cgroup = cgroups.ReusableCgroup(f"run-{os.getpid()}") if use_cgroups else None
     protocol.write_frame(proto_out, greeting)
     while True:
         try:
             request = protocol.read_frame(proto_in)
         except EOFError:
+            if cgroup is not None:
+                cgroup.close()
             cgroups.remove_worker_groups()
             return 0
+        if "runs" in request:
+            serve_batch(request, proto_out, cache=cache, mountpoint=mountpoint, cgroup=cgroup,
+                        baseline_vm=baseline_vm)
+            continue
         try:
-            response = run_one(request, cache=cache, mountpoint=mountpoint, use_cgroups=use_cgroups,
-                               baseline_vm=baseline_vm)
+            response = run_one(request, cache=cache, mountpoint=mountpoint, cgroup=cgroup, baseline_vm=baseline_vm)
         except Exception as exc:
             response = {"id": request.get("id"), "worker_error": f"{type(exc).__name__}: {exc}"}
         protocol.write_frame(proto_out, response)
-        _clean_up_cgroups()
+
+
+def serve_batch(request: dict[str, Any], proto_out: int, **options: Any) -> None:
+    """Answer a batch: one frame per trial as it is settled, then a closing frame."""
+    sent = 0
+
+    def emit(index: int, report: dict[str, Any]) -> None:
+        nonlocal sent
+        protocol.write_frame(proto_out, {"id": request.get("id"), "index": index, "report": report})
+        sent = index + 1
+
+    try:
+        children = run_batch(request, emit, **options)
+    except Exception as exc:
+        children = 0
+        error = f"{type(exc).__name__}: {exc}"
+        for index in range(sent, len(request.get("runs") or [])):
+            emit(index, {"worker_error": error})
+    protocol.write_frame(proto_out, {"id": request.get("id"), "done": sent, "children": children})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from rbi import diagnostics
 from rbi.outcome import FailureClass, RunError, RunOutcome, Status
 from rbi.stats import json_safe, parse_stats_text
 
@@ -185,4 +186,5 @@ def classify_report(report: dict[str, Any], *, mode: str | None = None,
         return RunOutcome.failed(RunError(FailureClass.RUNTIME_ERROR, message, detail="no_backtest"), **base)
     trades = stats.get("num_trades")
     status = Status.NO_TRADES if trades == 0 else Status.SUCCEEDED
-    return RunOutcome(status=status, stats=stats, **base)
+    reason = diagnostics.explain(diagnostics.clean(result.get("diagnostics"))) if status is Status.NO_TRADES else None
+    return RunOutcome(status=status, stats=stats, no_trades_reason=reason, **base)

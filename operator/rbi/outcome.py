@@ -68,6 +68,8 @@ class RunOutcome:
     params: dict[str, Any] = field(default_factory=dict)
     # Deterministic repairs applied before this run (`rbi run --fix`): {fixer, line, description}.
     fixes: list[dict[str, Any]] = field(default_factory=list)
+    # Why a run made no trades, in one line, from the run's own diagnostics (rbi.diagnostics.explain).
+    no_trades_reason: str | None = None
     # Series for reports (equity curve, trades); not part of the stable JSON keys.
     equity_curve: list[list[Any]] | None = None
     trades: list[dict[str, Any]] | None = None

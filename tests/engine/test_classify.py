@@ -84,7 +84,8 @@ def test_untrusted_stats_are_sanitised() -> None:
     assert all(len(k) <= 64 for k in outcome.stats)
 
 
-def test_script_mode_falls_back_to_printed_stats() -> None:
+def test_printed_stats_are_never_taken() -> None:
+    """A printed table is the script's own claim: no captured backtest, no figures (rbi.integrity)."""
     printed = "\n".join([
         "Start                     2023-01-01 00:00:00",
         "Return [%]                          12.5",
@@ -93,9 +94,9 @@ def test_script_mode_falls_back_to_printed_stats() -> None:
         "Win Rate [%]                         --",
     ])
     outcome = classify_report(_report({"stats": None, "mode": "script"}, stdout=printed), mode="script")
-    assert outcome.status is Status.SUCCEEDED
-    assert outcome.stats["return_pct"] == 12.5 and outcome.stats["num_trades"] == 4
-    assert outcome.stats["win_rate_pct"] is None
+    assert outcome.status is Status.FAILED and outcome.error is not None
+    assert outcome.error.detail == "no_backtest" and "printed" in outcome.error.message
+    assert outcome.stats == {}
 
 
 def test_script_without_backtest_is_reported() -> None:

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="misc"
 """Honest strategies of the kinds real generated code uses, for the exactness tests.
 
 Each exercises a different part of backtesting's broker: SL/TP brackets, limit and stop entries,

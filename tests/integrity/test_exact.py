@@ -1,8 +1,9 @@
 """Honest runs: the host's recomputation gives exactly what backtesting.py's own Backtest.run() gives.
 
 Every field of stats_to_dict, the whole equity curve and the trade list are compared on the
-bundled data (the trades for equality, the figures to 1e-12: mostly they are bit for bit the same), for the example strategies and for
-strategies that exercise each part of the broker (tests/integrity/strategies.py).
+bundled data (the trades for equality, the figures to 1e-12: mostly they are bit for bit the
+same), for the example strategies and for strategies that exercise each part of the broker
+(tests/integrity/strategies.py).
 """
 
 from __future__ import annotations

@@ -115,10 +115,10 @@ from backtesting.lib import crossover
 
 {before}
 
-index = pd.date_range("2023-01-01", periods=3000, freq="15min")
-close = 100 + np.cumsum(np.sin(np.arange(3000) / 7.0))
-frame = pd.DataFrame({{"Open": close, "High": close + 1, "Low": close - 1, "Close": close,
-                      "Volume": 1.0}}, index=index)
+# The served dataset (a missing path is served it); invented bars would fail the host's integrity check.
+raw = pd.read_csv("/Users/someone/data/BTC-USD-15m.csv")
+raw.columns = raw.columns.str.strip().str.capitalize()
+frame = raw.set_index(pd.to_datetime(raw["Datetime"]))[["Open", "High", "Low", "Close", "Volume"]].iloc[:3000]
 
 class Cross(Strategy):
     def init(self):
@@ -204,16 +204,15 @@ def test_result_marker_printed_on_stdout_is_not_the_result(run_code: RunCode) ->
     assert ran.outcome.stats == {}
 
 
-def test_printed_stats_table_is_only_the_scripts_own_claim(run_code: RunCode) -> None:
-    """Threat: the JSON marker plus a printed stats table. By design, script mode falls back to
-    parsing a printed `print(stats)` table when no Backtest.run() was captured (generated
-    scripts often run the backtest in ways the runner cannot see), so the table is accepted as
-    what the script claims about itself, exactly as if it had computed those numbers. The JSON
-    result marker on stdout must still be ignored: return_pct comes from the table, never 1e9.
-    (A script can always lie about its own results; the sandbox protects the host, not honesty.)
+def test_printed_stats_table_is_never_taken_as_the_result(run_code: RunCode) -> None:
+    """Threat: the JSON marker plus a printed stats table. Figures only ever come from a backtest
+    the runner saw, recomputed by the host (rbi.integrity); a printed table is the script's own
+    claim, so a script that prints one without running a backtest fails, and the JSON result
+    marker on stdout is ignored too: no figure of either reaches the outcome.
     """
     code = f"print('RBI-READY\\n' + {FORGED!r})\nprint({FAKE_STATS_TABLE!r})\n"
     ran = run_code(code)
-    assert ran.outcome.status is Status.SUCCEEDED, ran.describe()
-    assert ran.outcome.stats["return_pct"] == 12.5
-    assert ran.outcome.stats["num_trades"] == 7
+    assert_failed_as(ran, FailureClass.RUNTIME_ERROR)
+    assert ran.outcome.error is not None and ran.outcome.error.detail == "no_backtest", ran.describe()
+    assert "printed" in ran.outcome.error.message
+    assert ran.outcome.stats == {}

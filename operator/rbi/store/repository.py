@@ -556,6 +556,8 @@ class ResultStore:
         _check_one_of("run kind", run_kind, RUN_KINDS)
         status = Status(outcome.status)
         stats: dict[str, Any] = storable_json(outcome.stats)
+        if outcome.no_trades_reason:  # kept with the run's figures: `rbi results --json` and the dashboards read it
+            stats["no_trades_reason"] = clean_text(outcome.no_trades_reason)[:500]
         error = outcome.error
         with self._guard(f"record a run of {strategy_name!r} v{version}"), self._writing() as session:
             digest = outcome.code_hash or self._known_code_hash(session, strategy_name, version)

@@ -9,7 +9,8 @@ Order of business for one attempt:
    line and what was tried before. Its answer must keep the class and its parameters, and must not be
    code that was already tried.
 
-Zero-trade runs get their own diagnosis (`fixers.diagnose_no_trades`), which the model is shown.
+Zero-trade runs get their own diagnosis, which the model is shown: the run's own one-line reason
+(`RunOutcome.no_trades_reason`, from rbi.diagnostics), then `fixers.diagnose_no_trades` on the code.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ def debug_code(
     error = outcome.error
     if outcome.status is Status.NO_TRADES:
         stats = dict(outcome.stats)
-        diagnosis = tuple(diagnose_no_trades(code, stats))
+        # The run's own facts first (orders cancelled, indicators NaN), then what the code's shape suggests.
+        runtime = [outcome.no_trades_reason] if outcome.no_trades_reason else []
+        diagnosis = tuple(runtime + diagnose_no_trades(code, stats))
     elif use_fixers and error is not None:
         repaired = fix_for_failure(code, error_type=str(error.type), message=error.message, line=error.line)
         if repaired.changed and not check_code(repaired.code) and squash(repaired.code) not in tried:

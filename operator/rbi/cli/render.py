@@ -58,7 +58,8 @@ def outcome_panel(name: str, outcome: RunOutcome) -> Panel:
                 table.add_row(label, fmt(outcome.stats[key]))
         parts.append(table)
         if outcome.status is Status.NO_TRADES:
-            parts.append(Text("The strategy never traded: check entry conditions, indicator warm-up, "
+            parts.append(Text(f"no trades: {outcome.no_trades_reason}" if outcome.no_trades_reason else
+                              "The strategy never traded: check entry conditions, indicator warm-up, "
                               "and position size (cash too small for one whole unit?).", style="yellow"))
     for applied in outcome.fixes:
         where = f" (line {applied['line']})" if applied.get("line") else ""

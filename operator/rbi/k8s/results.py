@@ -4,6 +4,8 @@ The runner writes a compact JSON (at most 4 KiB) as its container's termination 
 and prints the full result as one marked line in the pod log. Both could have been
 written by the strategy itself, so both are size-bounded, parsed as JSON only, and cleaned
 by rbi.classify like every other sandbox report; a strategy cannot claim a platform failure.
+With a verifier (the operator always passes one), figures come only from the log's full result,
+recomputed from its facts by rbi.integrity; a termination message never supplies figures.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def _positive(value: Any) -> float | None:
 
 def clean(raw: Any) -> dict[str, Any] | None:
     """The host's reading of a run's untrusted diagnostics: known keys, bounded values, or None."""
-    if not isinstance(raw, Mapping) or raw.get("v") != VERSION:
+    if not isinstance(raw, Mapping) or type(raw.get("v")) is not int or raw.get("v") != VERSION:
         return None
     cleaned: dict[str, Any] = {"v": VERSION}
     for key in ("bars", "buy_calls", "sell_calls", "cancelled_margin", "pending_orders", "trades"):

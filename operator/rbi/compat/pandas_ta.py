@@ -36,7 +36,9 @@ class _AliasLoader(importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType) -> None:
         # The import system returns whatever sys.modules holds after exec_module, so the alias is the
         # real module object, with its own __spec__ and __name__ untouched.
-        sys.modules[module.__name__] = importlib.import_module(_real_module(module.__name__))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas-ta-classic 0.8 touches an attribute pandas 3 deprecates
+            sys.modules[module.__name__] = importlib.import_module(_real_module(module.__name__))
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
@@ -76,8 +78,7 @@ def install(*, warm: bool = False) -> bool:
 
 def _warm() -> None:
     with warnings.catch_warnings():
-        # pandas-ta-classic 0.8 touches a pandas attribute that pandas 3 deprecates, once, at import.
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # as in _AliasLoader
         module = importlib.import_module(ALIAS)
         loader = importlib.import_module(TARGET + "._indicator_loader")
         for name in sorted(getattr(loader, "_INDICATOR_TO_CATEGORY", {})):

@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -178,36 +179,68 @@ class TreeMemory:
         return {"peak_rss_bytes": self.peak_rss, "peak_pss_bytes": self.peak_pss}
 
 
+class TreeCpu:
+    """CPU seconds used by this process and its reaped children, plus (for rbi) the warm workers and the
+    sandboxed children they reaped: on a shared machine, CPU per trial says what wall time cannot."""
+
+    def __init__(self, workers: list[int]) -> None:
+        self.workers = workers
+        self.seconds = 0.0
+
+    @staticmethod
+    def _worker_cpu(pid: int) -> float:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+
+    def _now(self) -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        return total + sum(self._worker_cpu(pid) for pid in self.workers)
+
+    def __enter__(self) -> TreeCpu:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.2)  # the last sandboxed child is reaped just after its answer
+        self.seconds = self._now() - self._start
+
+
 def _pool_pids(executor: LocalExecutor) -> list[int]:
     return sorted(w.process.pid for w in executor.pool._workers)
 
 
-def _native(case: Case, module: Any, window: Any) -> tuple[float, dict[tuple[Any, ...], float], dict[str, int]]:
+def _native(case: Case, module: Any, window: Any) -> tuple[float, dict[tuple[Any, ...], float], dict[str, float]]:
     from backtesting import Backtest
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backtest = Backtest(window, getattr(module, case.class_name), finalize_trades=True,
                             **{"cash": 1_000_000, **case.backtest})
-        with TreeMemory([os.getpid()]) as memory:
+        with TreeMemory([os.getpid()]) as memory, TreeCpu([]) as cpu:
             started = time.perf_counter()
             _, heatmap = backtest.optimize(**case.grid, maximize="Sharpe Ratio", return_heatmap=True)
             seconds = time.perf_counter() - started
     values = {tuple(k if isinstance(k, tuple) else (k,)): float(v) for k, v in heatmap.items()}
-    return seconds, values, memory.to_json()
+    return seconds, values, {**memory.to_json(), "cpu_seconds": cpu.seconds}
 
 
-def _rbi_batch(case: Case, run: Any, executor: LocalExecutor, rows: tuple[int, int]) -> tuple[float, dict[Any, Any]]:
+def _rbi_batch(case: Case, run: Any, executor: LocalExecutor,
+               rows: tuple[int, int]) -> tuple[float, float, dict[Any, Any]]:
     combos = [dict(zip(case.grid, values, strict=True)) for values in itertools.product(*case.grid.values())]
     jobs = [run.with_params(p).on_rows(*rows) for p in combos]
-    started = time.perf_counter()
-    outcomes = executor.execute_batch(jobs)
-    seconds = time.perf_counter() - started
+    with TreeCpu(_pool_pids(executor)) as cpu:
+        started = time.perf_counter()
+        outcomes = executor.execute_batch(jobs)
+        seconds = time.perf_counter() - started
     failed = [o.error for o in outcomes if o.error is not None]
     if failed:
         raise RuntimeError(f"{len(failed)} sandboxed trials failed: {failed[0]}")
-    return seconds, {tuple(p.values()): (o.stats or {}).get("sharpe_ratio") for p, o in zip(combos, outcomes,
-                                                                                           strict=True)}
+    return seconds, cpu.seconds, {tuple(p.values()): (o.stats or {}).get("sharpe_ratio")
+                                  for p, o in zip(combos, outcomes, strict=True)}
 
 
 def _rbi_optimize(case: Case, run: Any, executor: LocalExecutor, frame: Any, index_times: list[str],
@@ -216,12 +249,13 @@ def _rbi_optimize(case: Case, run: Any, executor: LocalExecutor, frame: Any, ind
     settings = _settings(case.grid, method="grid", trials=trials, batch_size=batch_size)
     optimizer = Optimizer(run, settings, executor=executor, store=None, n_rows=len(frame), index_times=index_times,
                           frame=frame)
-    with TreeMemory(_pool_pids(executor)) as memory:
+    with TreeMemory(_pool_pids(executor)) as memory, TreeCpu(_pool_pids(executor)) as cpu:
         started = time.perf_counter()
         optimizer.optimize()
         total = time.perf_counter() - started
     return {"batch_size": batch_size, "trials": optimizer.trials_done, "trial_seconds": optimizer.trial_seconds,
-            "trials_per_second": optimizer.rate(), "whole_optimize_seconds": total, **memory.to_json()}
+            "trials_per_second": optimizer.rate(), "whole_optimize_seconds": total,
+            "whole_optimize_cpu_seconds": cpu.seconds, **memory.to_json()}
 
 
 def _agree(native: dict[tuple[Any, ...], float], ours: dict[Any, Any]) -> int:
@@ -255,7 +289,7 @@ def throughput(executor: LocalExecutor, frame: Any, index_times: list[str]) -> l
             trials = int(math.prod(len(v) for v in case.grid.values()))
             native_seconds, native_values, native_memory = _native(case, module, window)
             with TreeMemory(_pool_pids(executor)) as memory:
-                batch_seconds, ours = _rbi_batch(case, run, executor, (train.start, train.end))
+                batch_seconds, batch_cpu, ours = _rbi_batch(case, run, executor, (train.start, train.end))
             compared = _agree(native_values, ours)
             loops = [_rbi_optimize(case, run, executor, frame, index_times, size) for size in (8, trials)]
             native_rate = trials / native_seconds
@@ -264,7 +298,8 @@ def throughput(executor: LocalExecutor, frame: Any, index_times: list[str]) -> l
                 "agreeing_grid_points": compared,
                 "backtest_optimize": {"seconds": native_seconds, "trials_per_second": native_rate, **native_memory},
                 "execute_batch": {"seconds": batch_seconds, "trials_per_second": trials / batch_seconds,
-                                  "ratio": trials / batch_seconds / native_rate, **memory.to_json()},
+                                  "ratio": trials / batch_seconds / native_rate, **memory.to_json(),
+                                  "cpu_seconds": batch_cpu, "cpu_ratio": native_memory["cpu_seconds"] / batch_cpu},
                 "rbi_optimize": [{**loop, "ratio": loop["trials_per_second"] / native_rate} for loop in loops],
             })
             print(f"  {case.name}: Backtest.optimize {native_rate:.2f}/s, execute_batch "
@@ -310,22 +345,26 @@ def markdown(speed: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
         "Each grid on the in-sample window, in one run, both sides on both cores (`Backtest.optimize`: its own "
         "process pool; rbi: 2 warm workers, every trial sandboxed). rbi's trials/s count trial batches only "
         "(`Optimizer.rate()`); memory is the peak of the whole process tree while it ran (sum of RSS; PSS "
-        "splits the pages shared copy-on-write).",
+        "splits the pages shared copy-on-write). CPU s/trial is every process's CPU (this one, the pool and "
+        "its sandboxed children; for rbi also the host's classification and verification) over the trials: "
+        "on a shared machine it says what wall time cannot.",
         "",
-        "| strategy | how the trials run | trials | trials/s | × `Backtest.optimize` | peak RSS MiB | peak PSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| strategy | how the trials run | trials | trials/s | × `Backtest.optimize` | CPU s/trial "
+        "(× `Backtest.optimize`) | peak RSS MiB | peak PSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in speed:
-        native = row["backtest_optimize"]
-        lines.append(f"| {row['case']} | `Backtest.optimize` | {row['trials']} | {native['trials_per_second']:.2f} | "
-                     f"1.00 | {_mib(native['peak_rss_bytes'])} | {_mib(native['peak_pss_bytes'])} |")
-        batch = row["execute_batch"]
-        lines.append(f"| | `LocalExecutor.execute_batch` (the whole grid) | {row['trials']} | "
-                     f"{batch['trials_per_second']:.2f} | **{batch['ratio']:.2f}** | {_mib(batch['peak_rss_bytes'])} | "
+        native, batch, n = row["backtest_optimize"], row["execute_batch"], row["trials"]
+        lines.append(f"| {row['case']} | `Backtest.optimize` | {n} | {native['trials_per_second']:.2f} | "
+                     f"1.00 | {native['cpu_seconds'] / n:.3f} | {_mib(native['peak_rss_bytes'])} | "
+                     f"{_mib(native['peak_pss_bytes'])} |")
+        lines.append(f"| | `LocalExecutor.execute_batch` (the whole grid) | {n} | "
+                     f"{batch['trials_per_second']:.2f} | **{batch['ratio']:.2f}** | {batch['cpu_seconds'] / n:.3f} "
+                     f"({batch['cpu_ratio']:.2f}) | {_mib(batch['peak_rss_bytes'])} | "
                      f"{_mib(batch['peak_pss_bytes'])} |")
         for loop in row["rbi_optimize"]:
             lines.append(f"| | `rbi optimize`, grid, batchSize {loop['batch_size']} | {loop['trials']} | "
-                         f"{loop['trials_per_second']:.2f} | **{loop['ratio']:.2f}** | "
+                         f"{loop['trials_per_second']:.2f} | **{loop['ratio']:.2f}** | — | "
                          f"{_mib(loop['peak_rss_bytes'])} | {_mib(loop['peak_pss_bytes'])} |")
     lines += ["", "Every grid point's Sharpe ratio from the sandbox equals `Backtest.optimize`'s heatmap "
               f"({', '.join(str(r['agreeing_grid_points']) for r in speed)} points compared). "

@@ -9,7 +9,9 @@ The key must never say "same" when the values could differ:
 - the function by identity, and only functions that are stable for the whole batch (defined at
   module level or in a library): no bound methods (they see `self` and so the trial's
   parameters), nothing defined inside a function (`<locals>`: closures over per-trial state),
-  no callable objects; the scalar module globals a plain function reads are part of the key;
+  no callable objects; the module globals a plain function reads that hold data (numbers,
+  strings, containers, arrays) are part of the key by content, and one it cannot hash makes the
+  call uncacheable;
 - the arguments by content: arrays and pandas objects by a hash of their bytes (the data arrays
   are new objects in every run, so identity would never match), scalars by type and value,
   containers recursively; the strategy's `self.data` by the data window; anything else makes the
@@ -97,12 +99,16 @@ def value_key(value: Any, window: Hashable, depth: int = 0) -> Hashable:
 
 
 def _globals_read(func: types.FunctionType) -> tuple[Any, ...]:
-    """The scalar module globals a function reads: a strategy may set one from a parameter."""
+    """The data among the module globals a function reads, by content: a strategy may set one from a
+    parameter. Modules, functions and classes are code, not data; any other object makes it uncacheable."""
     names = []
     for name in func.__code__.co_names:
-        value = func.__globals__.get(name)
-        if value is None or isinstance(value, bool | int | float | str):
-            names.append((name, repr(value)))
+        if name not in func.__globals__:
+            continue  # a builtin or an attribute name
+        value = func.__globals__[name]
+        if isinstance(value, types.ModuleType | types.FunctionType | types.BuiltinFunctionType | type):
+            continue
+        names.append((name, value_key(value, None)))
     return tuple(names)
 
 
@@ -121,6 +127,8 @@ def function_key(func: Any) -> Hashable:
         raise _Uncacheable(type(func).__name__)
     if "<locals>" in func.__qualname__:
         raise _Uncacheable("defined inside a function")
+    # Numpy ufuncs, TA-Lib's wrapped functions and the like read no strategy data; what they do read
+    # (say `np`) was skipped above as code.
     extra: tuple[Any, ...] = _globals_read(func)
     wrapped = getattr(func, "__wrapped__", None)
     if isinstance(wrapped, types.FunctionType):

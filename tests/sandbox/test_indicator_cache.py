@@ -24,12 +24,12 @@ STRATEGY = textwrap.dedent("""
     import talib
     from backtesting import Strategy
 
-    CALLS = []
-
-
     def band(close, period):
-        CALLS.append(period)
+        band.calls.append(period)  # not a global it reads: a global list that changes would make it uncacheable
         return talib.SMA(close, period)
+
+
+    band.calls = []
 
 
     class Cached(Strategy):
@@ -78,7 +78,7 @@ def test_hits_only_for_the_same_function_arguments_and_window(frame: Any, code_p
     # band(): computed for period 20 and 40 only; the lambdas in init are never cached.
     assert (cache.hits, cache.misses, cache.uncacheable) == (2, 2, 4)
     module = __import__("sys").modules[runner.MODULE_NAME]
-    assert module.CALLS == [20, 40]
+    assert module.band.calls == [20, 40]
     for p, report in zip(params, reports, strict=True):
         alone = runner.execute(_request(code_path, **p), frame=frame)
         assert report["stats"] == alone["stats"], p
@@ -127,6 +127,27 @@ def test_cache_keys_by_content_and_copies_both_ways() -> None:
 
 def _passthrough(values: Any, extra: object) -> Any:
     return values
+
+
+SETTINGS = {"period": 10}
+
+
+def _from_global(values: Any) -> Any:
+    return talib.SMA(values, SETTINGS["period"])
+
+
+def test_a_module_global_the_function_reads_is_part_of_the_key() -> None:
+    """A strategy that sets a module-level setting from a parameter before calling self.I."""
+    cache = IndicatorCache()
+    close = np.linspace(1.0, 2.0, 500) ** 2
+    first = cache.call(_from_global, (close,), {})
+    SETTINGS["period"] = 20
+    try:
+        second = cache.call(_from_global, (close,), {})
+    finally:
+        SETTINGS["period"] = 10
+    assert cache.hits == 0
+    assert np.isnan(second[15]) and not np.isnan(first[15])
 
 
 def test_uncacheable_calls_and_the_byte_bound() -> None:

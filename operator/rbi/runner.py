@@ -131,6 +131,16 @@ def _is_data_problem(exc: BaseException) -> bool:
 
 def classify_exception(exc: BaseException, code_path: str) -> dict[str, Any]:
     """The failure class of an exception raised by strategy code (pure, testable)."""
+    cause = exc.__cause__
+    if isinstance(exc, RuntimeError) and cause is not None and str(exc).startswith("Indicator ") \
+            and "See traceback above" in str(exc):
+        # backtesting.py wraps whatever an indicator raised in "Indicator ... error. See traceback above.":
+        # the class, message and line that matter (to the user and to the fixers) are the cause's.
+        inner = classify_exception(cause, code_path)
+        inner["message"] = f"{str(exc).split('. See traceback')[0]}: {inner['message']}"[:2000]
+        inner["line"] = inner["line"] or _code_line(exc.__traceback__, code_path)
+        inner["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+        return inner
     line = _code_line(exc.__traceback__, code_path)
     detail: str | None = type(exc).__name__
     if isinstance(exc, SyntaxError):

@@ -34,13 +34,14 @@ def _data_column_step(code: str) -> tuple[list[_Edit], list[Fix]]:
                 fixes.append(Fix("column_names", node.lineno,
                                  f"self.data.{node.attr} -> self.data.{right}: backtesting.py names the columns "
                                  "Open, High, Low, Close, Volume"))
-        elif isinstance(node, ast.Subscript) and _dotted(node.value) == "self.data" \
+        elif isinstance(node, ast.Subscript) and _dotted(node.value) in ("self.data", "self.data.df") \
                 and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
             right = _canonical(node.slice.value)
             if right and right != node.slice.value:
                 edits.append(source.replace(node.slice, repr(right)))
+                owner = _dotted(node.value)
                 fixes.append(Fix("column_names", node.lineno,
-                                 f"self.data[{node.slice.value!r}] -> self.data[{right!r}]"))
+                                 f"{owner}[{node.slice.value!r}] -> {owner}[{right!r}]"))
     return edits, fixes
 
 

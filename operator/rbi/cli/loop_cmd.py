@@ -131,7 +131,7 @@ def loop_file(path: Path, *, store: Any, fmt_: IdeasFormat, concurrency: int, wo
     if not as_json:
         console.print(f"[dim]{len(ideas)} idea(s) from {path}; model {config.model} at "
                       f"{config.base_url or 'api.openai.com'}; {settings.concurrency} at a time, "
-                      f"{count} sandbox(es)[/]", soft_wrap=True)
+                      f"{count} sandbox(es)[/]", soft_wrap=not interactive(console))  # a log line stays whole
     objective = str(merged.get("objective", "sharpe_ratio"))
     with LocalExecutor(workers=count, unsafe=unsafe) as executor:
         # A terminal gets a table that redraws in place; anything else a line per stage change (StageLog).

@@ -210,10 +210,10 @@ def _load_frame(request: dict[str, Any], cache: FrameCache) -> tuple[Any, str | 
 def _spawn(request: dict[str, Any], limits: SandboxLimits, *, body: Callable[..., int], frame: Any,
            mountpoint: str, baseline_vm: int, group: cgroups.RunCgroup | None) -> _Child:
     """Fork S, which enters the sandbox and runs body(request, frame[, code_path]) in P."""
-    mode = request["mode"]
     raw = request.get("raw_data_file")
     plan = filesystem.default_plan(
-        data_file=raw if mode == "script" else None,
+        # Class mode too: a hybrid module reads its CSV at import time, and that read is served the dataset.
+        data_file=raw,
         disk_bytes=limits.disk_bytes,
         max_files=limits.max_files,
         scratch_owner=jail.scratch_owner(),

@@ -57,6 +57,9 @@ class RunRequest:
     # Rows [start, end) of the dataset (class mode): in-sample and out-of-sample windows.
     data_range: tuple[int, int] | None = None
     max_trades: int = 2000
+    # The look-ahead check's second run (rbi.optimize.guards.lookahead_probe): the decision row, within
+    # data_range, after which the future is mirrored. Set by the optimizer's cluster driver only.
+    lookahead_probe: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRequest:
@@ -292,6 +295,10 @@ def execute(request: RunRequest, *, frame: Any = None, loaded: LoadedModule | No
             if request.data_range is not None:
                 start, end = request.data_range
                 frame = frame.iloc[int(start):int(end)]
+            if request.lookahead_probe is not None:
+                from rbi.optimize.guards import lookahead_probe
+
+                frame = lookahead_probe(frame, decision_row=int(request.lookahead_probe)).data
             # A hybrid that builds its own Backtest keeps its cash and commission unless the spec says otherwise.
             backtest = Backtest(frame, strategy, **_backtest_options({**hooks.last_options, **request.backtest}))
             result_stats = backtest.run(**request.params)

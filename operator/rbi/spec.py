@@ -45,6 +45,8 @@ class StrategySpec:
     static_checks: bool = True
     source: str = "yaml"
     optimization: dict[str, Any] | None = None
+    # GPUs for a cluster Job (spec.limits.gpu → nvidia.com/gpu); the local sandbox has none to give.
+    gpu: int = 0
 
 
 def name_from_path(path: Path) -> str:
@@ -138,6 +140,9 @@ def spec_from_document(document: Any, *, base: Path) -> StrategySpec:
         limits = SandboxLimits.from_spec(_require_mapping(spec.get("limits"), "spec.limits"))
     except (QuantityError, ValueError) as exc:
         raise SpecError(f"spec.limits: {exc}") from None
+    gpu = _require_mapping(spec.get("limits"), "spec.limits").get("gpu", 0)
+    if isinstance(gpu, bool) or not isinstance(gpu, int) or not 0 <= gpu <= 16:
+        raise SpecError(f"spec.limits.gpu must be a whole number of GPUs from 0 to 16, got {gpu!r}")
     return StrategySpec(
         name=name,
         code=_read_code(spec, base),
@@ -149,6 +154,7 @@ def spec_from_document(document: Any, *, base: Path) -> StrategySpec:
         limits=limits,
         static_checks=bool(spec.get("staticChecks", True)),
         optimization=_require_mapping(spec.get("optimization"), "spec.optimization") or None,
+        gpu=gpu,
     )
 
 

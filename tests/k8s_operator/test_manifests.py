@@ -125,3 +125,45 @@ def test_names_are_dns_labels_and_deterministic() -> None:
     assert len(name) <= 53 and name == m.run_job_name("x" * 63, "uid", 1) != m.run_job_name("x" * 63, "uid", 2)
     assert m.container_data_path({"path": "../data/BTC-USD-15m.csv.gz"}, m.JobOptions()) == "bundled:BTC-USD-15m"
     assert m.container_data_path({"path": "/Users/me/x.csv"}, m.JobOptions(dataset_pvc="d")) == "/data/x.csv"
+
+
+def test_a_gpu_job_asks_for_nvidia_gpus_where_the_chart_says() -> None:
+    from rbi.spec import spec_from_document
+
+    gpu_options = m.JobOptions(gpu_node_selector={"nvidia.com/gpu.present": "true"},
+                          gpu_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},))
+    spec = spec_from_document({"apiVersion": "rbi.dev/v1alpha1", "kind": "BacktestStrategy",
+                               "metadata": {"name": "g"}, "spec": {"code": "x = 1", "limits": {"gpu": 2}}},
+                              base=Path("."))
+    assert spec.gpu == 2
+    job = m.build_job(name="g-1", namespace="ns", strategy="g", configmap="g-1", limits=SandboxLimits(),
+                      options=gpu_options, owner=None, gpu=spec.gpu)
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "2" == resources["requests"]["nvidia.com/gpu"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # A Job without a GPU is scheduled as before: no GPU limit, no node selector, no tolerations.
+    plain = m.build_job(name="p-1", namespace="ns", strategy="p", configmap="p-1", limits=SandboxLimits(),
+                        options=gpu_options, owner=None)
+    assert "nvidia.com/gpu" not in plain["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nodeSelector" not in plain["spec"]["template"]["spec"]
+    trial = m.build_indexed_trial_job(name="g-2", namespace="ns", strategy="g", configmap="g-2",
+                                      limits=SandboxLimits(), options=gpu_options, owner=None, trials=3, iteration=1,
+                                      gpu=1)
+    validate(trial)
+    assert trial["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+@pytest.mark.parametrize("gpu", [-1, 17, 1.5, "2"])
+def test_the_crd_and_the_spec_refuse_a_bad_gpu_count(gpu: Any) -> None:
+    from rbi.errors import SpecError
+    from rbi.spec import spec_from_document
+
+    document = {"apiVersion": "rbi.dev/v1alpha1", "kind": "BacktestStrategy", "metadata": {"name": "g"},
+                "spec": {"code": "x = 1", "limits": {"gpu": gpu}}}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_cr(document)
+    with pytest.raises(SpecError, match=r"spec\.limits\.gpu"):
+        spec_from_document(document, base=Path("."))

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
@@ -61,8 +62,7 @@ def optimize_path(path: Path, *, overrides: dict[str, Any], data: Path | None, w
                                 rate=f"{update.trials_per_second:.1f}")
 
             optimizer = Optimizer(prepared, settings, executor=executor, store=store, n_rows=len(frame),
-                                  index_times=index_times, batch_size=count * 2, on_progress=on_progress,
-                                  frame=frame, llm=llm)
+                                  index_times=index_times, on_progress=on_progress, frame=frame, llm=llm)
             result = optimizer.optimize()
         if report is not None and store is not None:
             from rbi.optimize.reporting import build_report
@@ -87,26 +87,58 @@ def result_table(result: OptimizationResult) -> Group:
         Column("it", justify="right", key=True, heading="iteration {}"),
         Column("trials ok", justify="right", drop=3),
         Column("best in-sample params", wrap=True), Column("IS", justify="right", drop=2),
-        Column("OOS", justify="right"), Column("Δ OOS", justify="right"), Column("DSR", justify="right", drop=1),
-        Column("look-ahead"), Column("child"),
+        Column("OOS", justify="right"), Column("Δ OOS", justify="right"),
+        Column("p / needed", justify="right", drop=4), Column("look-ahead"), Column("child"),
+        Column("DSR", justify="right", drop=1), Column("deployable"),
     ], title=f"{result.strategy_name}: {result.objective} ({'max' if result.maximize else 'min'}), "
-             f"{result.trials} trials at {result.trials_per_second:.1f}/s")
+             f"{result.trials} trials at {result.trials_per_second:.1f}/s ({result.distinct_trials} distinct "
+             "in the study)")
     for it in result.iterations:
         look = it.guards.get("lookahead_suspected")
         look_text = Text("—") if look is None else (Text("SUSPECTED", style="red") if look else Text("clean"))
+        test = it.guards.get("promotion_test") or {}
+        p_text = "—" if not test else f"{test['p_value']:.4f} / {test['alpha_adjusted']:.4f}"
+        deployable = Text("—") if it.deployable is None else (
+            Text("yes", style="green") if it.deployable else Text("no"))
         table.add_row(str(it.iteration), f"{it.feasible_trials}/{it.trials}", _params_text(it.best_params),
                       fmt(it.best_in_sample), fmt(it.out_of_sample),
-                      "—" if it.improvement is None else f"{it.improvement:+.1%}",
-                      fmt(it.guards.get("deflated_sharpe")), look_text,
-                      Text(f"v{it.child_version}", style="green") if it.promoted else Text("no", style="red"))
-    notes = [Text(f"iteration {it.iteration}: {it.reason}", style="green" if it.promoted else "yellow")
-             for it in result.iterations if it.reason]
+                      "—" if it.improvement is None else f"{it.improvement:+.1%}", p_text, look_text,
+                      Text(f"v{it.child_version}", style="green") if it.promoted else Text("no", style="red"),
+                      fmt(it.guards.get("deflated_sharpe")), deployable)
+    notes: list[Any] = [Text(f"iteration {it.iteration}: {it.reason}", style="green" if it.promoted else "yellow")
+                        for it in result.iterations if it.reason]
+    notes += _fold_and_market_tables(result)
     best = result.best
     summary = Text.assemble(
         ("best: ", "bold"), f"v{best.version} {_params_text(best.params)} — out-of-sample {result.objective} "
         f"{fmt(best.oos_score)} (parent v{result.parent.version}: {fmt(result.parent.oos_score)})\n",
         ("stopped: ", "bold"), f"{result.stop_reason}\n", ("LLM refinement: ", "bold"), result.llm)
     return Group(table, *notes, summary)
+
+
+def _fold_and_market_tables(result: OptimizationResult) -> list[Table]:
+    """Walk-forward's per-fold parameters and figures, and the cross-market check, per iteration."""
+    tables = []
+    for it in result.iterations:
+        if len(it.folds) > 1:
+            folds = Table(title=f"iteration {it.iteration}: walk-forward, each fold searched on its own train window")
+            for column in ("fold", "train rows", "test rows", "params", "IS", "OOS", "current OOS"):
+                folds.add_column(column, overflow="fold")
+            for row in it.folds:
+                folds.add_row(str(row["fold"]), "{}–{}".format(*row["train"]), "{}–{}".format(*row["test"]),
+                              _params_text(row.get("params")), fmt(row.get("in_sample")),
+                              fmt(row.get("out_of_sample")), fmt(row.get("champion_out_of_sample")))
+            tables.append(folds)
+        if it.markets:
+            markets = Table(title=f"iteration {it.iteration}: other markets (whole dataset, never tuned on)")
+            for column in ("dataset", "current", "candidate", "Δ"):
+                markets.add_column(column)
+            for name, row in it.markets.items():
+                delta = row.get("improvement")
+                markets.add_row(name, fmt(row.get("champion")), fmt(row.get("candidate")),
+                                "—" if delta is None else f"{delta:+.1%}")
+            tables.append(markets)
+    return tables
 
 
 def lineage_tree(store: Any, name: str) -> Tree:
@@ -134,6 +166,11 @@ def lineage_tree(store: Any, name: str) -> Tree:
             delta = "—" if edge.performance_delta is None else f"{edge.performance_delta:+.1%}"
             label.append(f"\nΔ {delta}", style="green")
             label.append(f" ({edge.optimization_type}: {edge.changes_made})")
+            details = edge.details or {}
+            if "deployable" in details:
+                dsr = (details.get("guards") or {}).get("deflated_sharpe")
+                label.append(f"\ndeployable: {'yes' if details['deployable'] else 'no'} (deflated Sharpe {fmt(dsr)})",
+                             style="green" if details["deployable"] else "yellow")
         if v.version in authors:
             label.append(f"\nwritten by {'; '.join(authors[v.version])}", style="dim")
         parent = nodes.get(v.parent_version) if v.parent_version else None

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rbi.runner import BUNDLED_PREFIX, CODE_PATH
@@ -30,6 +30,8 @@ LABEL_ITERATION = "rbi.dev/iteration"
 LABEL_ROOT = "rbi.dev/lineage-root"
 LABEL_VERSION = "rbi.dev/version"
 LABEL_PARENT = "rbi.dev/parent"
+# The deployable gate (deflated Sharpe ratio >= minDeflatedSharpe) on a promoted version's resource.
+LABEL_DEPLOYABLE = "rbi.dev/deployable"
 ANNOTATION_RUN_KEY = "rbi.dev/run-key"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rbi-operator"}
 SANDBOX_LABELS = {LABEL_SANDBOX: "true", "app.kubernetes.io/name": "rbi-sandbox", **MANAGED_BY}
@@ -44,6 +46,7 @@ TERMINATION_LOG = "/dev/termination-log"
 DEADLINE_SLACK_SECONDS = 60
 # Above the strategy's own limits: the interpreter, pandas and the scratch CSV copy.
 MIN_JOB_MEMORY = 256 * 2**20
+GPU_RESOURCE = "nvidia.com/gpu"
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 
 
@@ -57,6 +60,9 @@ class JobOptions:
     dataset_pvc: str | None = None
     ttl_seconds: int = 3600
     trial_parallelism: int = 4
+    # Where GPU Jobs may run (chart values gpu.nodeSelector / gpu.tolerations); only Jobs that ask for a GPU get them.
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
+    gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
 
 
 def short_hash(*parts: object, length: int = 8) -> str:
@@ -155,11 +161,14 @@ def build_code_configmap(*, name: str, namespace: str, strategy: str, code: str,
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data, "immutable": True}
 
 
-def _resources(limits: SandboxLimits) -> dict[str, dict[str, str]]:
+def _resources(limits: SandboxLimits, gpu: int = 0) -> dict[str, dict[str, str]]:
     memory = max(limits.memory_bytes, MIN_JOB_MEMORY)
     # Scratch holds the strategy's files and a plain-CSV copy of a compressed dataset (about 6 MB).
     disk = limits.disk_bytes + 64 * 2**20
     values = {"cpu": quantity_cpu(limits.cpus), "memory": quantity_bytes(memory), "ephemeral-storage": str(disk)}
+    if gpu:
+        # Extended resources cannot be overcommitted: requests must equal limits for them anyway.
+        values[GPU_RESOURCE] = str(gpu)
     return {"requests": dict(values), "limits": dict(values)}
 
 
@@ -186,12 +195,13 @@ def _pod_failure_policy() -> dict[str, Any]:
 def build_job(*, name: str, namespace: str, strategy: str, configmap: str, limits: SandboxLimits,
               options: JobOptions, owner: Mapping[str, Any] | None, purpose: str = "run",
               completions: int = 1, extra_labels: Mapping[str, str] | None = None,
-              run_key: str | None = None) -> dict[str, Any]:
+              run_key: str | None = None, gpu: int = 0, trials_file: bool | None = None) -> dict[str, Any]:
     """The sandbox Job: one pod (or `completions` indexed shards) running `python -m rbi.runner`."""
     labels = _labels(strategy, purpose, extra_labels)
     command = ["python", "-m", "rbi.runner", "--request", f"{CODE_DIR}/request.json",
                "--termination-log", TERMINATION_LOG, "--print-result", "--scratch", SCRATCH_DIR]
-    if purpose != "run":
+    # A batch of trials reads trials.json; one optimizer run that is not a trial (purpose validate) does not.
+    if purpose != "run" if trials_file is None else trials_file:
         command += ["--trials", f"{CODE_DIR}/trials.json"]
     volumes: list[dict[str, Any]] = [
         {"name": "code", "configMap": {"name": configmap, "defaultMode": 0o444}},
@@ -219,7 +229,7 @@ def build_job(*, name: str, namespace: str, strategy: str, configmap: str, limit
             "imagePullPolicy": options.image_pull_policy,
             "command": command,
             "env": env,
-            "resources": _resources(limits),
+            "resources": _resources(limits, gpu),
             "securityContext": _container_security(),
             "volumeMounts": mounts,
             "terminationMessagePath": TERMINATION_LOG,
@@ -229,6 +239,11 @@ def build_job(*, name: str, namespace: str, strategy: str, configmap: str, limit
     }
     if options.runtime_class:
         pod_spec["runtimeClassName"] = options.runtime_class
+    if gpu:
+        if options.gpu_node_selector:
+            pod_spec["nodeSelector"] = dict(options.gpu_node_selector)
+        if options.gpu_tolerations:
+            pod_spec["tolerations"] = [dict(t) for t in options.gpu_tolerations]
     spec: dict[str, Any] = {
         "backoffLimit": 0,
         "activeDeadlineSeconds": math.ceil(limits.timeout_seconds) + DEADLINE_SLACK_SECONDS,
@@ -246,12 +261,12 @@ def build_job(*, name: str, namespace: str, strategy: str, configmap: str, limit
 
 def build_indexed_trial_job(*, name: str, namespace: str, strategy: str, configmap: str, limits: SandboxLimits,
                             options: JobOptions, owner: Mapping[str, Any] | None, trials: int, iteration: int,
-                            stage: str = "trials") -> dict[str, Any]:
+                            stage: str = "trials", gpu: int = 0) -> dict[str, Any]:
     """One Job for a batch of trials: an Indexed Job whose shard k runs trials k, k+shards, …"""
     shards = trial_shards(trials, options)
     job = build_job(name=name, namespace=namespace, strategy=strategy, configmap=configmap, limits=limits,
                     options=options, owner=owner, purpose=stage, completions=shards,
-                    extra_labels={LABEL_ITERATION: str(iteration)})
+                    extra_labels={LABEL_ITERATION: str(iteration)}, gpu=gpu)
     # Each shard runs its trials one after another inside the pod: its deadline covers all of them.
     per_shard = math.ceil(trials / shards)
     job["spec"].update({"completionMode": "Indexed", "completions": shards, "parallelism": shards,
@@ -282,7 +297,7 @@ def build_network_policy(*, namespace: str, name: str = "rbi-sandbox-deny-all") 
 
 
 def build_child_strategy(*, parent: Mapping[str, Any], root: str, version: int, code: str,
-                         params: Mapping[str, Any], changes: str) -> dict[str, Any]:
+                         params: Mapping[str, Any], changes: str, deployable: bool | None = None) -> dict[str, Any]:
     """A promoted version as its own BacktestStrategy, owned by its parent, labelled with its lineage.
 
     The child carries the code inline and no optimisation block: the parent's loop continues
@@ -295,6 +310,8 @@ def build_child_strategy(*, parent: Mapping[str, Any], root: str, version: int, 
     spec["params"] = dict(params)
     labels = {LABEL_ROOT: root[:63], LABEL_VERSION: str(version), LABEL_PARENT: parent_meta["name"][:63],
               **MANAGED_BY}
+    if deployable is not None:
+        labels[LABEL_DEPLOYABLE] = "true" if deployable else "false"
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

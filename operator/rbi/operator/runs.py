@@ -28,7 +28,7 @@ from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path, netp
 from rbi.operator.state import OperatorState
 from rbi.outcome import FailureClass, RunError, RunOutcome
 from rbi.prepare.extract import extract_code
-from rbi.prepare.inspect_code import check_code, detect_mode
+from rbi.prepare.inspect_code import backtest_options, check_code, detect_mode
 from rbi.spec import StrategySpec, spec_from_document
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,9 @@ def plan(state: OperatorState, body: Any, code: str, *, generated: bool = False)
     data = (body.get("spec") or {}).get("data")
     if isinstance(data, str):
         data = {"path": data}
-    return Planned(spec=replace(spec, code=extracted), code=extracted, mode=mode,
+    # A hybrid's own Backtest options (cash, commission) hold on the cluster as they do locally.
+    own = {**backtest_options(extracted), **spec.backtest}
+    return Planned(spec=replace(spec, code=extracted, backtest=own), code=extracted, mode=mode,
                    data_path=m.container_data_path(data if isinstance(data, dict) else None, state.settings.job),
                    generated=generated)
 
@@ -340,7 +342,7 @@ async def start_job(state: OperatorState, namespace: str, name: str, key: str, p
     configmap = m.build_code_configmap(name=key, namespace=namespace, strategy=name, code=planned.code,
                                        request=request, owner=owner)
     job = m.build_job(name=key, namespace=namespace, strategy=name, configmap=key, limits=planned.spec.limits,
-                      options=state.settings.job, owner=owner, run_key=key)
+                      options=state.settings.job, owner=owner, run_key=key, gpu=planned.spec.gpu)
     try:
         await state.kube.create(configmap_path(namespace), configmap)
         _, created = await state.kube.create(job_path(namespace), job)

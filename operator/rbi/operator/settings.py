@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rbi.k8s.manifests import JobOptions
 
 DEFAULT_IMAGE = "ghcr.io/rbi-dev/rbi-sandbox:latest"
+
+
+def _json(env: Mapping[str, str], key: str, default: Any) -> Any:
+    """A JSON value from the environment (the chart renders gpu.nodeSelector / gpu.tolerations with toJson)."""
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{key} must be JSON: {exc}") from None
+    if not isinstance(value, type(default)):
+        raise ValueError(f"{key} must be a JSON {type(default).__name__}, got {type(value).__name__}")
+    return value
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -54,6 +70,8 @@ class OperatorSettings:
             dataset_pvc=env.get("RBI_DATASET_PVC") or None,
             ttl_seconds=_int(env, "RBI_JOB_TTL_SECONDS", 3600),
             trial_parallelism=_int(env, "RBI_TRIAL_PARALLELISM", 4),
+            gpu_node_selector=_json(env, "RBI_GPU_NODE_SELECTOR", {}),
+            gpu_tolerations=tuple(_json(env, "RBI_GPU_TOLERATIONS", [])),
         )
         job_overrides = {k: overrides.pop(k) for k in list(overrides) if k in JobOptions.__dataclass_fields__}
         job = JobOptions(**{**{f: getattr(job, f) for f in JobOptions.__dataclass_fields__},

@@ -29,6 +29,7 @@ __all__ = [
     "DeflatedSharpe",
     "LookaheadProbe",
     "LookaheadReport",
+    "ReturnDifference",
     "annualize_sharpe",
     "deflated_sharpe_ratio",
     "expected_max_sharpe",
@@ -36,6 +37,7 @@ __all__ = [
     "lookahead_probe",
     "lookahead_suspected",
     "probabilistic_sharpe_ratio",
+    "return_difference_test",
     "return_moments",
     "returns_from_equity",
     "sharpe_ratio_per_period",
@@ -396,9 +398,16 @@ def _targeted_row(start: int, last: int, full_trades: Sequence[Mapping[str, Any]
     return start if best is None else best
 
 
+def probe_decision_row(n: int, *, keep: float = 0.7, full_trades: Sequence[Mapping[str, Any]] | None = None) -> int:
+    """The decision row `lookahead_probe` tests for data of `n` rows (see there); pure, no data needed."""
+    start = min(max(1, math.floor(keep * n)), n - 3)
+    return _targeted_row(start, n - 3, full_trades)
+
+
 def lookahead_probe(data: pd.DataFrame, *, keep: float = 0.7,
                     full_trades: Sequence[Mapping[str, Any]] | None = None,
-                    trade_on_close: bool = False, horizon: int = 10) -> LookaheadProbe:
+                    trade_on_close: bool = False, horizon: int = 10,
+                    decision_row: int | None = None) -> LookaheadProbe:
     """A copy of `data` whose future, seen from one decision bar ``d``, goes the other way.
 
     ``d`` is the row at `keep` of the way through, or, given the full run's
@@ -440,8 +449,9 @@ def lookahead_probe(data: pd.DataFrame, *, keep: float = 0.7,
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     # d + 2 must exist: the bar after the tested fill, where finalize_trades may close trades.
-    start = min(max(1, math.floor(keep * n)), n - 3)
-    d = _targeted_row(start, n - 3, full_trades)
+    d = probe_decision_row(n, keep=keep, full_trades=full_trades) if decision_row is None else decision_row
+    if not 1 <= d <= n - 3:
+        raise ValueError(f"decision_row must be in [1, {n - 3}], got {d}")
     end = min(n, d + 2 + horizon)
     probe = data.iloc[:end].copy()
     columns = {c: probe[c].to_numpy(dtype=np.float64, copy=True)
@@ -488,3 +498,81 @@ def improvement(parent: float | None, child: float | None, *, maximize: bool) ->
         return None
     delta = child - parent if maximize else parent - child
     return delta if parent == 0 else delta / abs(parent)
+
+
+# --------------------------------------------------------------------------- the promotion test
+
+PROMOTION_TEST = ("stationary bootstrap (Politis & Romano 1994) of the mean out-of-sample return difference "
+                  "(child − parent), paired on the same checkpoints, one-sided, Šidák-corrected for the distinct "
+                  "trials tried")
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnDifference:
+    """Does the child earn more than its parent out of sample, by more than chance and the trials explain?"""
+
+    observed: float  # mean per-period return of the child minus the parent's, on the same out-of-sample periods
+    p_value: float  # one-sided, H0: the difference is <= 0
+    alpha: float  # the level asked for
+    alpha_adjusted: float  # 1 − (1 − alpha)^(1/N): what the p-value must reach after N trials
+    n_trials: int
+    n_obs: int
+    resamples: int
+    block: int  # mean block length of the stationary bootstrap
+    method: str = PROMOTION_TEST
+
+    @property
+    def passed(self) -> bool:
+        return self.observed > 0 and self.p_value <= self.alpha_adjusted
+
+    def to_json(self) -> dict[str, Any]:
+        return {"observed": self.observed, "p_value": self.p_value, "alpha": self.alpha,
+                "alpha_adjusted": self.alpha_adjusted, "n_trials": self.n_trials, "n_obs": self.n_obs,
+                "resamples": self.resamples, "block": self.block, "method": self.method, "passed": self.passed}
+
+
+def return_difference_test(child: Sequence[float] | npt.ArrayLike, parent: Sequence[float] | npt.ArrayLike, *,
+                           n_trials: int, alpha: float = 0.05, seed: int = 0, resamples: int = 2000,
+                           block: int | None = None) -> ReturnDifference:
+    """Stationary-bootstrap p-value of mean(child − parent) on paired per-period returns.
+
+    Both series are the returns of the same out-of-sample periods, so their difference is
+    resampled in blocks, which keeps the returns' autocorrelation. The mean difference, not a
+    Sharpe-ratio difference: a parent that loses a little on every bar (a fee churner) has a
+    huge, unstable Sharpe ratio, and a child that simply stops losing must still be able to win.
+    The p-value is that of the centred bootstrap distribution; the level is Šidák-corrected for
+    `n_trials`, the distinct parameter sets (and code proposals) tried: a candidate picked from
+    many must clear a higher bar. Seeded, so every driver gets the same answer.
+    """
+    a = np.asarray(child, dtype=np.float64)
+    b = np.asarray(parent, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"child and parent returns must be paired one-dimensional series, got {a.shape} and {b.shape}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    n = int(a.size)
+    trials = max(1, int(n_trials))
+    adjusted = 1.0 - (1.0 - alpha) ** (1.0 / trials)
+    length = block or max(1, round(n ** (1 / 3)))
+    if n < 3:
+        return ReturnDifference(0.0, 1.0, alpha, adjusted, trials, n, 0, length)
+    difference = a - b
+    observed = float(difference.mean())
+    rng = np.random.default_rng(seed)
+    exceed = 0
+    positions = np.arange(n)
+    done = 0
+    chunk = max(1, min(resamples, 2_000_000 // n))
+    while done < resamples:
+        rows = min(chunk, resamples - done)
+        new_block = rng.random((rows, n)) < 1.0 / length
+        new_block[:, 0] = True
+        starts = rng.integers(0, n, size=(rows, n))
+        block_start = np.maximum.accumulate(np.where(new_block, positions, 0), axis=1)
+        index = (np.take_along_axis(starts, block_start, axis=1) + positions - block_start) % n
+        diff = difference[index].mean(axis=1)
+        # Centred: how often a resample moves as far above the observed difference as that is above 0.
+        exceed += int(np.count_nonzero(diff - observed >= observed))
+        done += rows
+    p_value = (1 + exceed) / (resamples + 1)
+    return ReturnDifference(float(observed), float(p_value), alpha, adjusted, trials, n, resamples, length)

@@ -19,6 +19,26 @@ from rbi.optimize.settings import OptimizationSettings, Parameter
 _VIOLATIONS = "constraint_violations"
 
 
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's own RDB storage on the results database (SQLite or PostgreSQL), one per URL.
+
+    Optuna's tables (studies, trials, ...) live beside rbi's. rbi's migrations own the
+    `alembic_version` table that Optuna would otherwise stamp and check, so the store is
+    migrated first and Optuna's schema check is skipped (the Optuna version is pinned).
+    """
+    storage = _STORAGES.get(url)
+    if storage is None:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs = {"connect_args": {"timeout": 30}}
+        storage = _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                              skip_compatibility_check=True)
+    return storage
+
+
 class _AskTellGridSampler(optuna.samplers.GridSampler):
     """GridSampler stops the study when the grid is done, which only works inside study.optimize();
     with ask-and-tell batches, ParameterSearch.exhausted() says when the grid is done instead."""
@@ -28,8 +48,14 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(settings: OptimizationSettings) -> optuna.samplers.BaseSampler:
-    seed = settings.seed
+def make_sampler(settings: OptimizationSettings, *, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The method's sampler; `offset` (the trials the study already holds) moves a seeded one along.
+
+    A sampler is made afresh for every batch, seeded from (seed, trials so far): what a batch asks
+    is then a function of the seed and the study's history only, the same in a process that kept
+    the study in memory, in one that loaded it from the database after a restart, and in the operator.
+    """
+    seed = None if settings.seed is None else (settings.seed * 1_000_003 + offset) % (2**31 - 1)
     if settings.method == "grid":
         grid = {p.name: p.grid_values() for p in settings.space}
         return _AskTellGridSampler(grid, seed=seed)
@@ -63,18 +89,29 @@ class Asked:
     params: dict[str, Any]
 
 
-class ParameterSearch:
-    """A thin, typed wrapper over an Optuna study for one strategy."""
+def params_key(params: Mapping[str, Any]) -> str:
+    return repr(sorted(params.items()))
 
-    def __init__(self, settings: OptimizationSettings) -> None:
+
+class ParameterSearch:
+    """A thin, typed wrapper over an Optuna study for one strategy.
+
+    With `storage` (an Optuna RDB storage on the results database) and a `study_name`, the
+    study is loaded when it exists: a rerun or a restarted operator continues it, and a
+    parameter set the study already holds is never run again.
+    """
+
+    def __init__(self, settings: OptimizationSettings, *, storage: Any = None, study_name: str | None = None) -> None:
         optuna.logging.set_verbosity(logging.WARNING)
         self.settings = settings
         self.study = optuna.create_study(
             directions=[optuna.study.StudyDirection.MAXIMIZE if o.maximize else optuna.study.StudyDirection.MINIMIZE
                         for o in settings.objectives],
-            sampler=make_sampler(settings))
+            sampler=make_sampler(settings), storage=storage, study_name=study_name, load_if_exists=True)
         self._grid = settings.method == "grid"
-        self._seen: set[str] = set()
+        # Every parameter set the study holds (finished or still running), except duplicates pruned unrun.
+        self._seen: set[str] = {params_key(t.params) for t in self.study.get_trials(deepcopy=False)
+                                if t.state != optuna.trial.TrialState.PRUNED and t.params}
 
     def enqueue(self, params: Mapping[str, Any]) -> None:
         """Evaluate these parameters first (the parent's own), so the search starts from them.
@@ -84,6 +121,8 @@ class ParameterSearch:
         """
         inside = {p.name: params[p.name] for p in self.settings.space
                   if p.name in params and _in_domain(p, params[p.name], grid=self._grid)}
+        if self._grid and len(inside) < len(self.settings.space):
+            return  # a grid point must be whole: Optuna's grid sampler cannot complete a partial one
         if inside:
             self.study.enqueue_trial(inside, skip_if_exists=True)
 
@@ -93,24 +132,65 @@ class ParameterSearch:
     def ask(self, count: int) -> list[Asked]:
         asked: list[Asked] = []
         attempts = 0
+        if self.settings.seed is not None:
+            self.study.sampler = make_sampler(self.settings, offset=len(self.study.get_trials(deepcopy=False)))
         while len(asked) < count and not self.exhausted() and attempts < count * 20:
             attempts += 1
             trial = self.study.ask()
             params = suggest(trial, self.settings.space, grid=self._grid)
-            key = repr(sorted(params.items()))
-            if self._grid and key in self._seen:
-                # The grid sampler may hand out a point that is still running; never run one twice.
+            key = params_key(params)
+            if key in self._seen:
+                # A sampler may hand out a point already tried (a grid point still running, a TPE
+                # proposal on a small integer space): never run one twice, and do not count it.
+                trial.set_user_attr("duplicate", True)
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 continue
             self._seen.add(key)
             asked.append(Asked(trial, params))
         return asked
 
+    def trial(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.study.get_trials(deepcopy=False)[number]
+
+    def tell_number(self, number: int, params: Mapping[str, Any],
+                    stats: Mapping[str, Any] | None) -> list[float] | None:
+        """`tell` for a trial asked before (perhaps by another process); a trial already told keeps its values."""
+        frozen = self.trial(number)
+        if frozen.state.is_finished():
+            return list(frozen.values) if frozen.values else None
+        return self.tell(Asked(optuna.Trial(self.study, frozen._trial_id), dict(params)), stats)
+
+    def tried(self) -> list[optuna.trial.FrozenTrial]:
+        """The distinct parameter sets tried: finished trials (a failure was still a try), duplicates left out."""
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)]
+
+    def feasible(self) -> list[optuna.trial.FrozenTrial]:
+        done = [t for t in self.study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        return [t for t in done if all(v <= 0 for v in t.user_attrs.get(_VIOLATIONS, [0.0]))]
+
+    def best(self) -> tuple[dict[str, Any], float] | None:
+        """The best feasible trial of the whole study (among the Pareto front for several objectives)."""
+        trials = self.feasible()
+        if not trials:
+            return None
+        if self.settings.multi_objective:
+            front = {t.number for t in self.study.best_trials}
+            trials = [t for t in trials if t.number in front] or trials
+        sign = 1 if self.settings.primary.maximize else -1
+        # Ties go to the earliest trial, so every driver picks the same one.
+        best = max(trials, key=lambda t: (sign * t.values[0], -t.number))
+        return dict(best.params), float(best.values[0])
+
     def tell(self, asked: Asked, stats: Mapping[str, Any] | None) -> list[float] | None:
         """Report a trial's statistics; None (a failed run, or an objective that is undefined) fails it."""
         if stats is None:
             self.study.tell(asked.trial, state=optuna.trial.TrialState.FAIL)
             return None
+        sharpe = objective_value(stats, "sharpe_ratio")
+        if sharpe is not None:
+            # The deflated Sharpe ratio needs every trial's Sharpe ratio, whatever the objective.
+            asked.trial.set_user_attr("sharpe_ratio", sharpe)
         values = [objective_value(stats, o.stat) for o in self.settings.objectives]
         if any(v is None for v in values):
             self.study.tell(asked.trial, state=optuna.trial.TrialState.FAIL)

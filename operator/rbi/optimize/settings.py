@@ -17,7 +17,7 @@ from rbi.errors import SpecError
 
 METHODS = ("grid", "random", "tpe", "cmaes", "nsga2")
 _KNOWN_KEYS = {"objective", "objectives", "method", "space", "constraints", "maxTrials", "maxIterations",
-               "minImprovement", "validation", "seed", "target", "guards", "warmupBars"}
+               "minImprovement", "validation", "seed", "target", "guards", "warmupBars", "batchSize"}
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne,
 }
@@ -73,8 +73,9 @@ class Constraint:
 
 @dataclass(frozen=True, slots=True)
 class Guards:
-    min_deflated_sharpe: float = 0.95
-    lookahead_check: bool = True
+    min_deflated_sharpe: float = 0.95  # the deployable gate
+    lookahead_check: bool = True  # part of the promotion gate
+    promotion_alpha: float = 0.05  # the promotion gate's significance level, before the correction for trials
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,9 @@ class OptimizationSettings:
     target: float | None = None
     guards: Guards = field(default_factory=Guards)
     warmup_bars: int = 200
+    # Trials asked of the study at once. Part of the search's definition: the same seed and batch size ask
+    # the same trials, whether a batch runs on the laptop's warm workers or as one Indexed Job.
+    batch_size: int = 8
 
     @property
     def primary(self) -> Objective:
@@ -174,6 +178,12 @@ def _constraint(raw: Any, index: int) -> Constraint:
     raise SpecError(f"{where}: expected 'stat OP number' or {{stat, min}} / {{stat, max}}")
 
 
+def _alpha(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw < 1:
+        raise SpecError(f"spec.optimization.guards.promotionAlpha must be a level in (0, 1), got {raw!r}")
+    return float(raw)
+
+
 def _positive_int(raw: Any, where: str, default: int, *, upper: int) -> int:
     if raw is None:
         return default
@@ -234,7 +244,9 @@ def parse_settings(raw: Mapping[str, Any] | None, *,
         guards=Guards(
             min_deflated_sharpe=float(guards_raw.get("minDeflatedSharpe", 0.95)),
             lookahead_check=bool(guards_raw.get("lookahead", True)),
+            promotion_alpha=_alpha(guards_raw.get("promotionAlpha", 0.05)),
         ),
+        batch_size=_positive_int(merged.get("batchSize"), "spec.optimization.batchSize", 8, upper=10_000),
         warmup_bars=_positive_int(merged.get("warmupBars"), "spec.optimization.warmupBars", 200, upper=100_000),
     )
     if method == "grid":

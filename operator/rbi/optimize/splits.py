@@ -129,6 +129,8 @@ class ValidationSpec:
     test_fraction: float = DEFAULT_TEST_FRACTION
     folds: int = 1
     mode: Mode = "anchored"
+    # Other markets to measure the parent and each candidate on, whole, beside the holdout (cross-market check).
+    datasets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Checked here too, so a spec built in code is held to the same rules as YAML.
@@ -181,16 +183,18 @@ def parse_validation(raw: Mapping[str, Any] | None) -> ValidationSpec:
     if not isinstance(raw, Mapping):
         raise SpecError(f"{WHERE} must be a mapping such as {{holdout: 0.3}} or "
                         f"{{walkForward: {{folds: 4, mode: anchored, testFraction: 0.3}}}}, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in _TOP_KEYS)
+    unknown = sorted(str(k) for k in raw if k not in (*_TOP_KEYS, "datasets"))
     if unknown:
-        raise SpecError(f"unknown field(s) in {WHERE}: {unknown}; known: {list(_TOP_KEYS)}")
+        raise SpecError(f"unknown field(s) in {WHERE}: {unknown}; known: {[*_TOP_KEYS, 'datasets']}")
+    datasets = _check_datasets(raw.get("datasets"))
     present = [k for k in _TOP_KEYS if k in raw]
     if len(present) > 1:
         raise SpecError(f"{WHERE} must set exactly one of holdout, walkForward (found both)")
     if not present:
-        return ValidationSpec()
+        return ValidationSpec(datasets=datasets)
     if present[0] == "holdout":
-        return ValidationSpec(method="holdout", test_fraction=_check_fraction(raw["holdout"], f"{WHERE}.holdout"))
+        return ValidationSpec(method="holdout", test_fraction=_check_fraction(raw["holdout"], f"{WHERE}.holdout"),
+                              datasets=datasets)
     block = raw["walkForward"]
     where = f"{WHERE}.walkForward"
     if block is None:
@@ -209,7 +213,17 @@ def parse_validation(raw: Mapping[str, Any] | None) -> ValidationSpec:
         test_fraction=_check_fraction(block.get("testFraction", DEFAULT_TEST_FRACTION), f"{where}.testFraction"),
         folds=_check_folds(block.get("folds", DEFAULT_FOLDS), f"{where}.folds"),
         mode=mode,
+        datasets=datasets,
     )
+
+
+def _check_datasets(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n.strip() for n in raw) or len(raw) > 10:
+        raise SpecError(f"{WHERE}.datasets must be a list of up to 10 dataset names "
+                        f"(e.g. [GOOG, EURUSD, BTCUSD] from backtesting.test, or a bundled dataset), got {raw!r}")
+    return tuple(dict.fromkeys(n.strip() for n in raw))
 
 
 def _round_half_up(value: float) -> int:

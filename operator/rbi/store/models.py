@@ -86,6 +86,7 @@ class OptimizationTrial(Base):
     __table_args__ = (
         Index(None, "strategy_name", "parent_version", "iteration"),
         Index(None, "created_at"),
+        Index(None, "study", "trial_number"),
         CheckConstraint(_one_of("sample", SAMPLES), name="sample"),
     )
 
@@ -101,6 +102,27 @@ class OptimizationTrial(Base):
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     sample: Mapped[str] = mapped_column(String(20), server_default="full")
     created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
+    )
+    # The Optuna study (in the same database) the trial belongs to; its trial_number is the study's.
+    study: Mapped[str | None] = mapped_column(String(300), nullable=True)
+
+
+class OptimizationRun(Base):
+    """One optimisation's state machine (rbi.optimize.machine), saved after every step."""
+
+    __tablename__ = "optimization_runs"
+    __table_args__ = (Index(None, "run_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_key: Mapped[str] = mapped_column(String(300))
+    strategy_name: Mapped[str] = mapped_column(String(200))
+    stage: Mapped[str] = mapped_column(String(40))
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
+    )
+    updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
     )
 

@@ -44,6 +44,7 @@ from rbi.store.models import (
     LlmCall,
     LoopIdea,
     OptimizationHistory,
+    OptimizationRun,
     OptimizationTrial,
     StrategyVersion,
     utcnow,
@@ -764,6 +765,74 @@ class ResultStore:
                 )
                 for row in session.scalars(query.order_by(OptimizationTrial.id))
             ]
+
+    def record_study_trial(self, *, study: str, **fields: Any) -> int:
+        """`record_trial` for a trial of an Optuna study: once only, however often a batch is replayed."""
+        with self._guard(f"record a trial of {fields.get('strategy_name')!r}"), self._writing() as session:
+            existing = session.scalar(
+                select(OptimizationTrial.id).where(
+                    OptimizationTrial.study == study,
+                    OptimizationTrial.trial_number == int(fields["trial_number"]),
+                )
+            )
+            if existing is not None:
+                return int(existing)
+            _check_one_of("sample", fields.get("sample", "in_sample"), SAMPLES)
+            row = OptimizationTrial(
+                strategy_name=fields["strategy_name"],
+                parent_version=int(fields["parent_version"]),
+                iteration=int(fields["iteration"]),
+                trial_number=int(fields["trial_number"]),
+                params=storable_json(fields["params"]),
+                objective=_finite(fields.get("objective")),
+                status=str(fields["status"]),
+                stats=storable_json(fields.get("stats") or {}),
+                sample=fields.get("sample", "in_sample"),
+                study=study,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def save_optimization_state(self, run_id: int | None, *, run_key: str, strategy_name: str,
+                                state: dict[str, Any]) -> int:
+        """Keep an optimisation's state machine (a new row when `run_id` is None); returns the row's id."""
+        with self._guard(f"save the optimisation state of {strategy_name!r}"), self._writing() as session:
+            row = session.get(OptimizationRun, run_id) if run_id is not None else None
+            if row is None:
+                row = OptimizationRun(run_key=run_key, strategy_name=strategy_name, stage=str(state.get("stage")),
+                                      state=storable_json(state))
+                session.add(row)
+            else:
+                row.state = storable_json(state)
+                row.stage = str(state.get("stage"))
+                row.updated_at = utcnow()
+            session.flush()
+            return row.id
+
+    def open_optimization(self, run_key: str) -> tuple[int, dict[str, Any]] | None:
+        """The newest unfinished optimisation with this key (an interrupted one, to carry on), if any."""
+        with self._guard("read the optimisation state"), self._reading() as session:
+            row = session.scalars(
+                select(OptimizationRun)
+                .where(OptimizationRun.run_key == run_key, OptimizationRun.stage != "done")
+                .order_by(OptimizationRun.id.desc())
+            ).first()
+            return None if row is None else (row.id, dict(row.state))
+
+    def optimization_states(self, strategy_name: str) -> list[dict[str, Any]]:
+        """Every stored optimisation state of a strategy, oldest first."""
+        with self._guard("read the optimisation states"), self._reading() as session:
+            rows = session.scalars(
+                select(OptimizationRun).where(OptimizationRun.strategy_name == strategy_name)
+                .order_by(OptimizationRun.id)
+            )
+            return [dict(row.state) for row in rows]
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password, for Optuna's storage on the same database (never shown)."""
+        return self._url.render_as_string(hide_password=False)
 
     # --- LLM calls --------------------------------------------------------------------------------
 

@@ -247,6 +247,8 @@ def _rbi_optimize(case: Case, run: Any, executor: LocalExecutor, frame: Any, ind
                   batch_size: int) -> dict[str, Any]:
     trials = int(math.prod(len(v) for v in case.grid.values()))
     settings = _settings(case.grid, method="grid", trials=trials, batch_size=batch_size)
+    # The parent on the grid, so its trial is one of the grid's (the search enqueues it first).
+    run = run.with_params({name: values[0] for name, values in case.grid.items()})
     optimizer = Optimizer(run, settings, executor=executor, store=None, n_rows=len(frame), index_times=index_times,
                           frame=frame)
     with TreeMemory(_pool_pids(executor)) as memory, TreeCpu(_pool_pids(executor)) as cpu:
@@ -291,6 +293,9 @@ def throughput(executor: LocalExecutor, frame: Any, index_times: list[str]) -> l
             with TreeMemory(_pool_pids(executor)) as memory:
                 batch_seconds, batch_cpu, ours = _rbi_batch(case, run, executor, (train.start, train.end))
             compared = _agree(native_values, ours)
+            print(f"  {case.name}: Backtest.optimize {trials / native_seconds:.2f}/s "
+                  f"({native_memory['cpu_seconds'] / trials:.3f} CPU s/trial), execute_batch "
+                  f"{trials / batch_seconds:.2f}/s ({batch_cpu / trials:.3f} CPU s/trial)", file=sys.stderr, flush=True)
             loops = [_rbi_optimize(case, run, executor, frame, index_times, size) for size in (8, trials)]
             native_rate = trials / native_seconds
             rows_out.append({

@@ -26,6 +26,7 @@ from rbi.sandbox.capture import BoundedCapture
 from rbi.sandbox.limits import SandboxLimits
 
 MAX_RESULT_BYTES = 16 * 2**20
+MAX_BATCH_RESULT_BYTES = 64 * 2**20
 _HIGH_FD = 20
 _CHUNK = 65536
 _REAP_GRACE_SECONDS = 10.0
@@ -443,6 +444,7 @@ def _monitor(child: _Child, limits: SandboxLimits, *, trials: int | None,
     life = _Life(trials=[_Trial(started=child.started)], group=group)
     reader = frames.FrameReader(expected=trials, max_payload=MAX_RESULT_BYTES) if trials is not None else None
     prefix = bytearray()
+    answered_bytes = [0]
     control = bytearray()
     inner_pid: int | None = None
     selector = selectors.DefaultSelector()
@@ -496,6 +498,11 @@ def _monitor(child: _Child, limits: SandboxLimits, *, trials: int | None,
             completed = []
             life.frame_error = exc
         for _, payload in completed:
+            answered_bytes[0] += len(payload)
+            if answered_bytes[0] > MAX_BATCH_RESULT_BYTES:
+                # Answers are held until the child ends (a later frame may void one): bound them all.
+                life.frame_error = frames.FrameError("the batch's results exceed the size limit", kind="oversize")
+                return
             drain_output()
             now = time.monotonic()
             trial = life.trials[-1]

@@ -15,7 +15,7 @@ same, and running a fixer twice changes nothing the second time.
 - `diagnose_no_trades(code, stats)`: likely causes of a run with zero trades.
 
 One module per fixer (`position_size`, `freq_alias`, `entry_price`, `position_stops`, `data_df`,
-`indicator_shape`, `index_column`, `column_names`, `lowercase_columns`, `lib_helpers`, `ta_lib` for
+`indicator_shape`, `pandas_ta_series`, `index_column`, `column_names`, `lowercase_columns`, `lib_helpers`, `ta_lib` for
 pandas_ta, `unused_imports`) and `no_trades`; `_source` holds the span editing they share.
 """
 
@@ -36,6 +36,7 @@ from rbi.agents.fixers.indicator_shape import fix_indicator_shape
 from rbi.agents.fixers.lib_helpers import fix_lib_helpers
 from rbi.agents.fixers.lowercase_columns import BACKTEST_MESSAGE, NAMES_HELPER_MARKER, fix_lowercase_columns
 from rbi.agents.fixers.no_trades import diagnose_no_trades
+from rbi.agents.fixers.pandas_ta_series import fix_pandas_ta_series
 from rbi.agents.fixers.position_size import fix_position_size
 from rbi.agents.fixers.position_stops import fix_position_stops
 from rbi.agents.fixers.ta_lib import fix_pandas_ta
@@ -55,6 +56,7 @@ __all__ = [
     "fix_lib_helpers",
     "fix_lowercase_columns",
     "fix_pandas_ta",
+    "fix_pandas_ta_series",
     "fix_position_size",
     "fix_position_stops",
     "fix_unused_imports",
@@ -117,6 +119,15 @@ _SIZE_MESSAGE = "size must be a positive fraction"
 _QUOTED = re.compile(r"""['"]([A-Za-z_ ]+)['"]""")
 
 
+def _fix_indicators(code: str, *, returned_none: bool) -> tuple[str, list[Fix]]:
+    """An indicator of the wrong shape: pandas_ta given numpy arrays (it returns None), else reshape the result."""
+    if returned_none:
+        new, fixes = fix_pandas_ta_series(code)
+        if new != code:
+            return new, fixes
+    return fix_indicator_shape(code)
+
+
 def _fix_columns(code: str, *, missing: str) -> tuple[str, list[Fix]]:
     """A missing OHLCV column: the code's own lower-casing when it has one, else the CSV's headers."""
     if missing[:1].isupper():
@@ -146,7 +157,7 @@ def fix_for_failure(code: str, *, error_type: str, message: str, line: int | Non
     if "'df'" in message and ("no setter" in message or "can't set attribute" in message):
         fixers.append(fix_data_df)
     if "Indicators must return" in message:
-        fixers.append(fix_indicator_shape)
+        fixers.append(functools.partial(_fix_indicators, returned_none="returned value: None" in message))
     if BACKTEST_MESSAGE in message:
         fixers.append(lambda c: fix_lowercase_columns(c, backtest=True))
     if "KeyError" in message or "not in data" in message:

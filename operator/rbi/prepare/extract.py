@@ -201,8 +201,10 @@ def _choose(candidates: list[_Candidate]) -> str:
         return candidates[0].code
     complete = [c for c in candidates if c.strategy and c.self_contained]
     if complete:
-        # Answers that show several full versions put the final one last.
-        return complete[-1].code
+        # Answers that show several full versions put the final one last; the blocks after it that
+        # only use what it defines ("and to run it: ...") belong to it: they carry the file's own run.
+        chosen = complete[-1]
+        return _with_continuations(chosen, candidates[candidates.index(chosen) + 1:])
     joined = "\n".join(c.code.rstrip("\n") + "\n" for c in candidates)
     tree = _parse(joined)
     if tree is not None and _has_strategy(tree):
@@ -219,6 +221,39 @@ def _choose(candidates: list[_Candidate]) -> str:
     # the biggest piece so that the checks downstream can say what is missing.
     parsed = [c for c in candidates if c.tree is not None]
     return max(parsed or candidates, key=lambda c: len(c.code)).code
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def _with_continuations(chosen: _Candidate, later: list[_Candidate]) -> str:
+    """The chosen module plus the later blocks that build on it without redefining its strategy."""
+    assert chosen.tree is not None
+    code = chosen.code
+    defined = _defined_names(chosen.tree)
+    strategies = {n.name for n in ast.walk(chosen.tree) if isinstance(n, ast.ClassDef)}
+    for block in later:
+        if block.tree is None:
+            continue
+        free = _free_names(block.tree)
+        redefines = {n.name for n in ast.walk(block.tree) if isinstance(n, ast.ClassDef)} & strategies
+        if not free or redefines or not free <= defined:
+            continue
+        joined = code.rstrip("\n") + "\n\n" + block.code
+        if _parse(joined) is None:
+            continue
+        code = joined
+        defined |= _defined_names(block.tree)
+    return code
 
 
 def _unresolved_count(candidate: _Candidate) -> int:

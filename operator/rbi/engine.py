@@ -23,7 +23,7 @@ from rbi.errors import DataError, ExtractionError, SandboxUnavailable
 from rbi.integrity import verifier
 from rbi.outcome import FailureClass, RunError, RunOutcome
 from rbi.prepare.data import dataset_hash, materialize_csv
-from rbi.prepare.extract import extract_code
+from rbi.prepare.extract import extract_code, input_line
 from rbi.prepare.inspect_code import backtest_options, check_code, detect_mode
 from rbi.sandbox.filesystem import DATA_DIR
 from rbi.sandbox.limits import SandboxLimits
@@ -133,7 +133,9 @@ def prepare(spec: StrategySpec, *, data_override: Path | None = None, static_che
     violations = check_code(code)
     syntax = [v for v in violations if v.rule == "syntax"]
     if syntax:
-        raise _fail(FailureClass.SYNTAX_ERROR, syntax[0].message, code=code, line=syntax[0].line)
+        where = input_line(spec.code, code, syntax[0].line) if code != spec.code else None
+        message = syntax[0].message + (f" (line {where} of the input)" if where and where != syntax[0].line else "")
+        raise _fail(FailureClass.SYNTAX_ERROR, message, code=code, line=syntax[0].line)
     mode = detect_mode(code) if spec.mode == "auto" else spec.mode
     if checks and violations:
         first = violations[0]

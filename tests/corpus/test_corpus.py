@@ -40,6 +40,8 @@ EXPECTED: dict[str, tuple[str, str | None, str | None, int | None]] = {
     "saves_results.py": ("succeeded", "script", None, None),
     "truncated_answer.py": ("failed", None, "syntax_error", 19),
     "bare_truncated.py": ("failed", None, "syntax_error", 15),
+    # Cut between two statements: it parses, but it imported Backtest for a run section it never reached.
+    "cut_between_statements.md": ("failed", None, "syntax_error", 31),
 }
 _RETURN_LINE = re.compile(r"^Return \[%\]\s+(?P<value>[-+0-9.eE]+)\s*$", re.MULTILINE)
 _AUTHOR_FOLDER = re.compile(r"""(?P<q>['"])/(?:Users|home)/[^'"\n]*(?<!\.csv)(?P=q)""")

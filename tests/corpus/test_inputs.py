@@ -66,3 +66,12 @@ def test_rbi_run_reads_an_answer_from_stdin(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["status"] == "succeeded" and result["mode"] == "script" and result["name"] == "stdin"
+
+
+def test_errors_also_name_the_line_of_the_file_given(tmp_path: Path) -> None:
+    # Line 19 of the extracted code is line 22 of the answer, below its prose and the opening fence.
+    with pytest.raises(PreparationFailed) as failed:
+        prepare(load_spec(FILES / "truncated_answer.py"), cache_dir=tmp_path)
+    error = failed.value.outcome.error
+    assert error is not None and error.line == 19
+    assert "(line 22 of the input)" in error.message

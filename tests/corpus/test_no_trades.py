@@ -33,6 +33,7 @@ REASONS: dict[str, tuple[str, ...]] = {
     "notrades_never_together.py": ("buy() and sell() were never called", "never true together", "31066 bars"),
     "notrades_nan_indicator.py": ("never called", "zscore(C) is NaN on all 31066 bars"),
     "notrades_short_data.py": ("data is too short", "SMA(C,192) needs 192 bars", "has 174"),
+    "notrades_last_bar.py": ("1 orders were placed and none filled", "final bar"),
     "notrades_limit_never_reached.py": ("1 orders were placed and none filled", "1 still waiting",
                                         "limit or stop prices were never reached"),
 }

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from rbi.errors import ExtractionError
 
-__all__ = ["describe_answer", "extract_code"]
+__all__ = ["describe_answer", "extract_code", "input_line"]
 
 _PYTHON_TAGS = frozenset({"python", "py", "python3", "py3", "ipython", "ipython3", "pycon"})
 _NON_PYTHON_TAGS = frozenset(
@@ -313,8 +313,9 @@ def _cut_off_line(code: str) -> int | None:
     """Where an unclosed block was cut off mid-module (max tokens), or None when it reads as complete.
 
     A block that does not parse was cut mid-statement. One that parses but ends in a bare name or
-    attribute (`self.posit`) was cut mid-word: running it would report figures of half a strategy.
-    A block that parses and ends in a whole statement only lost its closing fence.
+    attribute (`self.posit`) was cut mid-word, and one that imports Backtest but never builds one was cut
+    before its run section (often inside `next()`): running either would report figures of half a
+    strategy. A block that parses and reads as whole only lost its closing fence.
     """
     try:
         tree = ast.parse(code)
@@ -330,7 +331,17 @@ def _cut_off_line(code: str) -> int | None:
         final = body[-1] if body else None
     if isinstance(final, ast.Expr) and isinstance(final.value, ast.Name | ast.Attribute):
         return final.lineno
+    if _imports_backtest_without_running_it(tree):
+        # Cut between statements: the module imported Backtest for a run section it never got to.
+        return len(code.rstrip("\n").splitlines())
     return None
+
+
+def _imports_backtest_without_running_it(tree: ast.Module) -> bool:
+    imported = any(isinstance(node, ast.ImportFrom) and any(alias.name == "Backtest" for alias in node.names)
+                   for node in ast.walk(tree))
+    called = any(isinstance(node, ast.Call) and _base_name(node.func) == "Backtest" for node in ast.walk(tree))
+    return imported and not called
 
 
 def extract_code(text: str) -> str:
@@ -363,12 +374,31 @@ def extract_code(text: str) -> str:
         if cut is not None:
             lines = last.code.rstrip("\n").splitlines()
             shown = lines[cut - 1].strip()[:60] if 0 < cut <= len(lines) else ""
+            where = input_line(text, last.code, cut)
             raise ExtractionError(
-                f"line {cut}: the answer was cut off inside its code block (no closing fence), at {shown!r}; "
-                "the code is incomplete and needs a model to finish it",
+                f"line {cut}: the answer was cut off inside its code block (no closing fence), at {shown!r}"
+                + (f" (line {where} of the input)" if where and where != cut else "")
+                + "; the code is incomplete and needs a model to finish it",
                 line=cut,
             )
     return _choose(candidates)
+
+
+def input_line(text: str, code: str, line: int) -> int | None:
+    """Line `line` of the extracted `code` as a line of the input `text` it came from, when it came whole.
+
+    Errors name lines of the code that runs (the version stored); a person looks at the file they gave,
+    where prose and fences sit above the code. None when the code was pieced together from fragments.
+    """
+    code_lines = [row.strip() for row in code.splitlines()]
+    text_lines = [row.strip() for row in text.splitlines()]
+    if not 0 < line <= len(code_lines):
+        return None
+    wanted = code_lines[:line]
+    for start in range(len(text_lines) - line + 1):
+        if text_lines[start:start + line] == wanted:
+            return start + line
+    return None
 
 
 def describe_answer(answer: str, *, wanted: str = "code") -> str:

@@ -88,9 +88,17 @@ def test_indented_block_inside_a_list() -> None:
 
 
 def test_unclosed_fence_at_the_end() -> None:
-    # Answers cut off by max_tokens lose their closing fence.
+    # A complete class-only module whose answer lost its closing fence still runs.
+    strategy = STRATEGY.replace("from backtesting import Backtest, Strategy", "from backtesting import Strategy")
+    answer = "Here is the full code:\n\n```python\n" + strategy
+    assert extract_code(answer) == strategy
+
+
+def test_unclosed_fence_before_the_run_section_is_cut_off() -> None:
+    # It imported Backtest for a run it never reached: max tokens ended it between two statements.
     answer = "Here is the full code:\n\n```python\n" + STRATEGY
-    assert extract_code(answer) == STRATEGY
+    with pytest.raises(ExtractionError, match=r"^line 18: the answer was cut off .*\(line 21 of the input\)"):
+        extract_code(answer)
 
 
 def test_install_command_and_output_blocks_are_skipped() -> None:

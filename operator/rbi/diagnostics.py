@@ -128,6 +128,8 @@ class Probe:
             "max_size": max((abs(s) for s in self.sizes), default=None),
             "cancelled_margin": self.cancelled,
             "pending_orders": len(pending),
+            "pending_market": sum(1 for o in pending if o.limit is None and o.stop is None),
+            "open_trades": len(getattr(strategy, "trades", ())),
             "trades": len(trades) if trades is not None else None,
             "cash": float(getattr(broker, "_cash", math.nan)),
             "min_close": float(np.nanmin(closes)) if closes.size and not np.isnan(closes).all() else None,
@@ -156,7 +158,8 @@ def clean(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping) or type(raw.get("v")) is not int or raw.get("v") != VERSION:
         return None
     cleaned: dict[str, Any] = {"v": VERSION}
-    for key in ("bars", "buy_calls", "sell_calls", "cancelled_margin", "pending_orders", "trades"):
+    for key in ("bars", "buy_calls", "sell_calls", "cancelled_margin", "pending_orders", "pending_market",
+                "open_trades", "trades"):
         cleaned[key] = _count(raw.get(key))
     for key in ("max_size", "cash", "min_close"):
         cleaned[key] = _positive(raw.get(key))
@@ -227,6 +230,9 @@ def explain(diagnostics: Mapping[str, Any] | None) -> str:
                     f"{bars} bars (warm-up {worst['warmup']} bars); the entry conditions were never true together")
         return (f"buy() and sell() were never called: the entry conditions were never true together on the "
                 f"{bars} bars")
+    if diagnostics.get("open_trades") or (pending and pending == (diagnostics.get("pending_market") or 0)):
+        return (f"{calls} orders were placed and none filled: the last came on the final bar, with no bar left "
+                "to fill it")
     if pending:
         return (f"{calls} orders were placed and none filled: {pending} still waiting at the end "
                 "(their limit or stop prices were never reached)")

@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".txt", ".tsv", ".feather", ".json")
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".txt", ".tsv", ".feather")
 BACKTEST_OPTIONS = frozenset({
     "cash", "spread", "commission", "margin", "trade_on_close", "hedging", "exclusive_orders",
     "finalize_trades",
@@ -102,7 +102,7 @@ class RunHooks:
         return target
 
     def _serves_as_csv(self, original: Any, target: Any) -> bool:
-        """A missing Parquet/Feather/JSON file redirected to the CSV dataset is read as CSV."""
+        """A missing Parquet/Feather file redirected to the CSV dataset is read as CSV."""
         return target is not original and str(target).lower().endswith(_CSV_LIKE)
 
     def install(self) -> None:
@@ -115,7 +115,7 @@ class RunHooks:
         hooks = self
         originals = {
             "read_csv": pd.read_csv, "read_table": pd.read_table, "read_parquet": pd.read_parquet,
-            "read_feather": pd.read_feather, "read_json": pd.read_json, "open": builtins.open,
+            "read_feather": pd.read_feather, "open": builtins.open,
             "loadtxt": np.loadtxt, "genfromtxt": np.genfromtxt, "exists": os.path.exists,
             "isfile": os.path.isfile, "path_exists": pathlib.Path.exists, "path_is_file": pathlib.Path.is_file,
             "makedirs": os.makedirs, "isdir": os.path.isdir, "path_is_dir": pathlib.Path.is_dir,
@@ -202,7 +202,6 @@ class RunHooks:
             (pd, "read_table", reader("read_table")),
             (pd, "read_parquet", reader("read_parquet")),
             (pd, "read_feather", reader("read_feather")),
-            (pd, "read_json", reader("read_json")),
             (np, "loadtxt", text_loader("loadtxt")),
             (np, "genfromtxt", text_loader("genfromtxt")),
             (builtins, "open", patched_open),

@@ -129,6 +129,8 @@ def _is_data_problem(exc: BaseException) -> bool:
     markers = ("must be a pandas.DataFrame with columns", "OHLC", "data columns", "No columns to parse",
                "Error tokenizing data", "Some OHLC values are missing", "Data index is not sorted",
                "data must be", "DatetimeIndex")
+    if isinstance(exc, AttributeError) and text.startswith("Column '") and text.endswith("' not in data"):
+        return True  # self.data.open_interest: the strategy needs a column the dataset does not have
     return any(marker in text for marker in markers)
 
 
@@ -296,7 +298,7 @@ def execute(request: RunRequest, *, frame: Any = None, loaded: LoadedModule | No
                 start, end = request.data_range
                 frame = frame.iloc[int(start):int(end)]
             if request.lookahead_probe is not None:
-                from rbi.optimize.guards import lookahead_probe
+                from rbi.optimize.probe import lookahead_probe  # not guards: scipy cannot load in here
 
                 frame = lookahead_probe(frame, decision_row=int(request.lookahead_probe)).data
             # A hybrid that builds its own Backtest keeps its cash and commission unless the spec says otherwise.

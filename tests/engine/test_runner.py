@@ -86,6 +86,8 @@ def test_repeated_warnings_are_collapsed(tmp_path: Path, frame: Any, capsys: pyt
      "    def next(self): pass\n", "runtime_error", 4, "ZeroDivisionError"),
     ("from backtesting import Strategy\nclass S(Strategy):\n    def init(self):\n"
      "        self.v = self.data.df['Adj Close']\n    def next(self): pass\n", "data_error", 4, "KeyError"),
+    ("from backtesting import Strategy\nclass S(Strategy):\n    def init(self):\n"
+     "        self.oi = self.data.open_interest\n    def next(self): pass\n", "data_error", 4, "AttributeError"),
     ("x = bytearray(1)\nraise MemoryError()\n", "memory_limit", 2, "MemoryError"),
     ("import errno\nraise OSError(errno.ENOSPC, 'No space left on device')\n", "disk_limit", 2, "OSError"),
     ("x = 1\n", "runtime_error", None, "LookupError"),

@@ -14,7 +14,7 @@ same, and running a fixer twice changes nothing the second time.
   the failure's class and message.
 - `diagnose_no_trades(code, stats)`: likely causes of a run with zero trades.
 
-One module per fixer (`position_size`, `freq_alias`, `entry_price`, `position_stops`, `data_df`,
+One module per fixer (`array_series`, `position_size`, `freq_alias`, `entry_price`, `position_stops`, `data_df`,
 `indicator_shape`, `pandas_ta_series`, `index_column`, `column_names`, `lowercase_columns`, `lib_helpers`, `ta_lib` for
 pandas_ta, `unused_imports`) and `no_trades`; `_source` holds the span editing they share.
 """
@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable, Iterable
 
 from rbi.agents.fixers._source import Fix, Fixer, FixResult, _parse
+from rbi.agents.fixers.array_series import MESSAGE as ARRAY_MESSAGE
+from rbi.agents.fixers.array_series import fix_array_series
 from rbi.agents.fixers.column_names import _canonical, fix_column_names
 from rbi.agents.fixers.data_df import fix_data_df
 from rbi.agents.fixers.entry_price import fix_entry_price
@@ -46,6 +48,7 @@ __all__ = [
     "Fix",
     "FixResult",
     "diagnose_no_trades",
+    "fix_array_series",
     "fix_column_names",
     "fix_data_df",
     "fix_entry_price",
@@ -117,6 +120,8 @@ def package(code: str) -> FixResult:
 
 _SIZE_MESSAGE = "size must be a positive fraction"
 _QUOTED = re.compile(r"""['"]([A-Za-z_ ]+)['"]""")
+# The key of `KeyError: 'datetime'` or `KeyError: "None of ['datetime'] are in the columns"`.
+_MISSING_KEY = re.compile(r"""KeyError: (?:"None of \[)?['"]([^'"\[\]]+)['"]""")
 
 
 def _fix_indicators(code: str, *, returned_none: bool) -> tuple[str, list[Fix]]:
@@ -154,6 +159,9 @@ def fix_for_failure(code: str, *, error_type: str, message: str, line: int | Non
         fixers.append(fix_entry_price)
         if re.search(r"attribute '(sl|tp)'", message):
             fixers.append(fix_position_stops)
+    array_attribute = ARRAY_MESSAGE.search(message)
+    if array_attribute:
+        fixers.append(functools.partial(fix_array_series, attribute=array_attribute.group(1)))
     if "'df'" in message and ("no setter" in message or "can't set attribute" in message):
         fixers.append(fix_data_df)
     if "Indicators must return" in message:
@@ -163,8 +171,9 @@ def fix_for_failure(code: str, *, error_type: str, message: str, line: int | Non
     if "KeyError" in message or "not in data" in message:
         # `KeyError: 'Close'`, `Column 'close' not in data`, `"None of [Index(['Open', ...])] are in the [columns]"`
         quoted = _QUOTED.findall(message)
-        if quoted and "KeyError" in message:
-            key = quoted[0]
+        missing_key = _MISSING_KEY.search(message)
+        if missing_key:
+            key = missing_key.group(1)
             fixers.append(lambda c: fix_index_column(c, missing=key))
         columns = [q for q in quoted if _canonical(q)]
         if columns:

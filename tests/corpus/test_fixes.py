@@ -34,6 +34,8 @@ BROKEN: dict[str, tuple[str, str, set[str]]] = {
     "drift_lowercase_selection.py": ("data_error", "KeyError", {"lowercase_columns"}),
     # What an indicator raised is the failure (not backtesting.py's "Indicator ... See traceback above").
     "drift_indicator_raises.py": ("data_error", "Indicator \"mid\" error: KeyError: 'close'", {"column_names"}),
+    # `.iloc` and `.rolling` on backtesting.py's arrays: one round per attribute, each through `.s`.
+    "drift_array_pandas_methods.py": ("runtime_error", "'_Array' object has no attribute 'iloc'", {"array_series"}),
 }
 
 

@@ -129,12 +129,13 @@ def _import(code: str, name: str, directory: Path) -> Any:
 
 class TreeMemory:
     """Peak memory of a process tree (a pool of workers and their sandboxed children, or this process and
-    Backtest.optimize's pool), sampled every 50 ms: the sum of RSS, and of PSS (shared pages split)."""
+    Backtest.optimize's pool), sampled every 250 ms: the sum of RSS, and of PSS (shared pages split)."""
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
         self.peak_rss = 0
         self.peak_pss = 0
+        self.own_cpu = 0.0  # the sampler's own CPU, which TreeCpu leaves out
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -163,7 +164,14 @@ class TreeMemory:
         return sorted(tree)
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.05):
+        started = time.thread_time()
+        try:
+            self._loop()
+        finally:
+            self.own_cpu = time.thread_time() - started
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
             rss = pss = 0
             for pid in self._tree():
                 with contextlib.suppress(OSError):
@@ -225,7 +233,7 @@ def _native(case: Case, module: Any, window: Any) -> tuple[float, dict[tuple[Any
             _, heatmap = backtest.optimize(**case.grid, maximize="Sharpe Ratio", return_heatmap=True)
             seconds = time.perf_counter() - started
     values = {tuple(k if isinstance(k, tuple) else (k,)): float(v) for k, v in heatmap.items()}
-    return seconds, values, {**memory.to_json(), "cpu_seconds": cpu.seconds}
+    return seconds, values, {**memory.to_json(), "cpu_seconds": cpu.seconds - memory.own_cpu}
 
 
 def _rbi_batch(case: Case, run: Any, executor: LocalExecutor,
@@ -257,7 +265,7 @@ def _rbi_optimize(case: Case, run: Any, executor: LocalExecutor, frame: Any, ind
         total = time.perf_counter() - started
     return {"batch_size": batch_size, "trials": optimizer.trials_done, "trial_seconds": optimizer.trial_seconds,
             "trials_per_second": optimizer.rate(), "whole_optimize_seconds": total,
-            "whole_optimize_cpu_seconds": cpu.seconds, **memory.to_json()}
+            "whole_optimize_cpu_seconds": cpu.seconds - memory.own_cpu, **memory.to_json()}
 
 
 def _agree(native: dict[tuple[Any, ...], float], ours: dict[Any, Any]) -> int:
@@ -275,7 +283,8 @@ def _agree(native: dict[tuple[Any, ...], float], ours: dict[Any, Any]) -> int:
     return compared
 
 
-def throughput(executor: LocalExecutor, frame: Any, index_times: list[str]) -> list[dict[str, Any]]:
+def throughput(executor: LocalExecutor, frame: Any, index_times: list[str],
+               batch_sizes: tuple[int, ...] = (8,)) -> list[dict[str, Any]]:
     """Each case, the same grid on the same in-sample window: Backtest.optimize, then rbi's sandboxed trials."""
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="rbi-bench-optimize-") as scratch:
@@ -292,11 +301,12 @@ def throughput(executor: LocalExecutor, frame: Any, index_times: list[str]) -> l
             native_seconds, native_values, native_memory = _native(case, module, window)
             with TreeMemory(_pool_pids(executor)) as memory:
                 batch_seconds, batch_cpu, ours = _rbi_batch(case, run, executor, (train.start, train.end))
+            batch_cpu -= memory.own_cpu
             compared = _agree(native_values, ours)
             print(f"  {case.name}: Backtest.optimize {trials / native_seconds:.2f}/s "
                   f"({native_memory['cpu_seconds'] / trials:.3f} CPU s/trial), execute_batch "
                   f"{trials / batch_seconds:.2f}/s ({batch_cpu / trials:.3f} CPU s/trial)", file=sys.stderr, flush=True)
-            loops = [_rbi_optimize(case, run, executor, frame, index_times, size) for size in (8, trials)]
+            loops = [_rbi_optimize(case, run, executor, frame, index_times, size) for size in batch_sizes]
             native_rate = trials / native_seconds
             rows_out.append({
                 "case": case.name, "grid": case.grid, "trials": trials, "rows": train.end - train.start,
@@ -402,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=40, help="TPE trials per strategy in the honesty check")
     parser.add_argument("--no-honesty", dest="honesty", action="store_false", help="throughput only")
+    parser.add_argument("--batch-sizes", default="8", help="batchSize values for the `rbi optimize` runs "
+                        "(comma-separated; 8 is the default of spec.optimization.batchSize)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     # The workers run with one BLAS/OpenMP thread; Backtest.optimize's pool gets the same.
@@ -414,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         # Start both workers outside the timings (the second one starts only while the first is busy).
         warm = prepare(load_spec(EXAMPLES / "sma_cross.yaml"))
         executor.execute_batch([warm.on_rows(0, 2000), warm.on_rows(2000, 4000)])
-        speed = throughput(executor, frame, index_times)
+        speed = throughput(executor, frame, index_times, tuple(int(v) for v in args.batch_sizes.split(",")))
         checks = honesty(executor, frame, index_times, args.trials) if args.honesty else []
     load["end"] = list(os.getloadavg())
     table = markdown(speed, checks)

@@ -70,3 +70,21 @@ def test_limits_are_rewritten_and_oom_is_counted_per_run(reusable: cgroups.Reusa
     assert again is group
     assert not again.oom_killed()  # the earlier kill belongs to the earlier run
     _run_in(again, 128)  # fits the new, larger limit
+
+
+def test_groups_of_dead_workers_are_swept(reusable: cgroups.ReusableCgroup) -> None:
+    """A worker killed with a run in flight leaves its reused group behind; the next worker removes it."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # a pid that is certainly not running now
+    own = cgroups._ROOT / "memory" / cgroups._own_path("memory").lstrip("/")
+    if (cgroups._ROOT / "cgroup.controllers").exists():
+        own = cgroups._ROOT / cgroups._own_path("").lstrip("/")
+    stale = own / f"rbi-worker-{pid}"
+    (stale / "run-1").mkdir(parents=True)
+    mine = reusable.acquire(memory_bytes=2**30, cpus=1, max_processes=16)
+    assert mine is not None
+    assert cgroups.sweep_stale() >= 1
+    assert not stale.exists()
+    assert all(directory.exists() for directory in mine.dirs.values())  # a live worker's group stays

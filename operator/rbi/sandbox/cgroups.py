@@ -168,13 +168,38 @@ class RunCgroup:
                     time.sleep(0.01)
 
 
+_PREFIX = "rbi-worker-"
+
+
 def _worker_group() -> str:
-    """One parent group per worker: CPU shares are split between sibling groups, so runs grouped
-    under one shared parent would together get the share of a single ordinary process."""
-    return f"worker-{os.getpid()}"
+    """One parent group per worker, directly beside this process's own group: CPU shares are split
+    between sibling groups, so runs grouped under one shared parent (an `rbi/` level for every worker
+    on the machine) would together get the share of a single ordinary process."""
+    return f"{_PREFIX}{os.getpid()}"
 
 
 _parents: set[Path] = set()
+
+
+def sweep_stale() -> int:
+    """Remove the groups of workers that died without cleaning up (killed with a run in flight):
+    a reused group outlives its runs, so a killed worker leaves one behind. Returns how many went."""
+    removed = 0
+    bases = [_ROOT] if (_ROOT / "cgroup.controllers").exists() else [_ROOT / c for c in _V1_CONTROLLERS]
+    for base in bases:
+        own = base / _own_path(base.name if base != _ROOT else "").lstrip("/")
+        for parent in [*own.glob(f"{_PREFIX}*"), *(own / "rbi").glob("worker-*")]:
+            pid = parent.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                continue
+            for child in parent.iterdir():
+                if child.is_dir():
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+                        removed += 1
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+    return removed
 
 
 def remove_worker_groups() -> None:
@@ -203,7 +228,7 @@ def _create_v1(name: str, *, memory_bytes: int, cpus: float, max_processes: int)
             base = _ROOT / controller
             if not base.is_dir():
                 continue
-            parent = base / _own_path(controller).lstrip("/") / "rbi" / _worker_group()
+            parent = base / _own_path(controller).lstrip("/") / _worker_group()
             parent.mkdir(parents=True, exist_ok=True)
             _parents.add(parent)
             directory = parent / name
@@ -241,12 +266,12 @@ def _configure_v2(directory: Path, *, memory_bytes: int, cpus: float, max_proces
 def _create_v2(name: str, *, memory_bytes: int, cpus: float, max_processes: int) -> RunCgroup | None:
     try:
         own = _own_path("")
-        parent = _ROOT / own.lstrip("/") / "rbi" / _worker_group()
+        parent = _ROOT / own.lstrip("/") / _worker_group()
         parent.mkdir(parents=True, exist_ok=True)
         _parents.add(parent)
         # Controllers must be enabled at every level down to the run; a level that refuses
         # (the "no internal processes" rule) makes the writes below fail, and the run uses rlimits.
-        for level in (parent.parent.parent, parent.parent, parent):
+        for level in (parent.parent, parent):
             with contextlib.suppress(OSError):
                 (level / "cgroup.subtree_control").write_text("+memory +pids +cpu")
         directory = parent / name

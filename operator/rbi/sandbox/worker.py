@@ -606,6 +606,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload()
     use_cgroups = os.environ.get("RBI_SANDBOX_CGROUPS", "1") == "1" and cgroups.available()
+    if use_cgroups:
+        cgroups.sweep_stale()
     greeting = hello(use_cgroups)
     mountpoint = filesystem.mountpoint_for_new_root()
     cache = FrameCache()

@@ -15,6 +15,8 @@ import contextlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,11 @@ class Kubelet:
         self.hold.set()  # clear() to keep new pods Running until set() again
         self.hold_trials = asyncio.Event()
         self.hold_trials.set()  # the same, for the pods of trial and validation Jobs only
+        # Hold only the pods of Jobs this picks (by name) until hold_selected is set: a restart in one stage.
+        self.hold_job: Callable[[str], bool] | None = None
+        self.hold_selected = asyncio.Event()
+        self.hold_selected.set()
+        self.held_pods: set[str] = set()
         self.running_pods: set[str] = set()
         self.max_concurrent_jobs = 0
         self._live_jobs: set[str] = set()
@@ -182,6 +189,9 @@ class Kubelet:
         await self.hold.wait()
         if labels.get("rbi.dev/purpose", "run") != "run":
             await self.hold_trials.wait()
+        if self.hold_job is not None and self.hold_job(job_name):
+            self.held_pods.add(pod_name)
+            await self.hold_selected.wait()
         try:
             async with self._slots:
                 result = await self._container(job, container, index)
@@ -261,7 +271,13 @@ class Kubelet:
         if fraction:
             rows = await asyncio.to_thread(self._rows, prepared.data_file)
             prepared = prepared.on_rows(int(rows * fraction[0]), int(rows * fraction[1]))
-        return await asyncio.to_thread(self.pool.submit, prepared.request(), timeout=sandbox_limits.timeout_seconds)
+        # What rbi.runner reads from request.json beside the data: series, the trade cap, the look-ahead probe.
+        prepared = replace(prepared, include_series=bool(request.get("include_series", False)),
+                           max_trades=int(request.get("max_trades") or 2000))
+        work = prepared.request()
+        if request.get("lookahead_probe") is not None:
+            work["run"]["lookahead_probe"] = int(request["lookahead_probe"])
+        return await asyncio.to_thread(self.pool.submit, work, timeout=sandbox_limits.timeout_seconds)
 
     def _rows(self, path: str) -> int:
         if path not in self._frames:

@@ -178,48 +178,6 @@ async def _some(value: Any) -> Any:
     return value
 
 
-async def test_optimization_creates_an_owned_child_then_deletion_cleans_up(cluster: Cluster,
-                                                                           operators: Operators,
-                                                                           kubelet: Kubelet) -> None:
-    state = await operators.start()
-    parent = await cluster.apply(strategy("opt", SMA, params={"fast": 50, "slow": 300}, optimization=OPTIMIZATION))
-    body = await cluster.wait_phase("opt", {"Succeeded", "Failed"}, timeout=120)
-    body = await cluster.wait_for("the loop to end", lambda: _done(cluster), timeout=120)
-    opt = body["status"]["optimization"]
-    assert opt["bestChild"] == "opt-v2", opt
-    assert opt["iteration"] == 1 and opt["improvement"] > 0
-    child = await cluster.wait_phase("opt-v2", {"Succeeded", "NoTrades"}, timeout=60)
-    [owner] = child["metadata"]["ownerReferences"]
-    assert owner["uid"] == parent["metadata"]["uid"] and owner["kind"] == "BacktestStrategy" and owner["controller"]
-    assert child["metadata"]["labels"]["rbi.dev/lineage-root"] == "opt"
-    assert child["metadata"]["labels"]["rbi.dev/version"] == "2"
-    assert child["metadata"]["labels"]["rbi.dev/parent"] == "opt"
-    assert child["spec"]["params"] == {"fast": 5, "slow": 60}
-    assert child["status"]["version"] == 2 and child["status"]["parent"] == "opt"
-    [step] = state.store.lineage("opt")
-    assert (step.parent_version, step.child_version) == (1, 2)
-    assert len(state.store.trials("opt")) == 4
-    trial_jobs = [j for j in await cluster.jobs() if j["metadata"]["labels"]["rbi.dev/purpose"] == "trials"]
-    assert trial_jobs[0]["spec"]["completionMode"] == "Indexed" and trial_jobs[0]["spec"]["completions"] == 2
-    await wait_events(cluster, {"ChildCreated", "OptimizationDone"})
-
-    await cluster.call("DELETE", "/apis/rbi.dev/v1alpha1/namespaces/rbi-test/backteststrategies/opt")
-
-    async def gone() -> bool:
-        names = {b["metadata"]["name"] for b in await cluster.items(
-            "/apis/rbi.dev/v1alpha1/namespaces/rbi-test/backteststrategies")}
-        pods = await cluster.items("/api/v1/namespaces/rbi-test/pods")
-        maps = [c for c in await cluster.items("/api/v1/namespaces/rbi-test/configmaps")]
-        return not names and not await cluster.jobs() and not pods and not maps
-
-    await cluster.wait_for("the parent, its Jobs, pods, ConfigMaps and child to be gone", gone, timeout=30)
-
-
-async def _done(cluster: Cluster) -> dict[str, Any] | None:
-    body = await cluster.get("opt")
-    return body if ((body or {}).get("status") or {}).get("optimization", {}).get("state") == "done" else None
-
-
 async def test_image_pull_errors_are_sandbox_errors(cluster: Cluster, operators: Operators) -> None:
     from rbi.k8s.manifests import JobOptions
 
@@ -253,34 +211,3 @@ async def test_metrics_and_liveness_are_served(cluster: Cluster, operators: Oper
 
 async def _none(awaitable: Any) -> bool:
     return not await awaitable
-
-
-OPTIMIZATION = {"objective": "num_trades", "method": "grid", "maxTrials": 4, "maxIterations": 1, "minImprovement": 0.0,
-                "space": {"fast": {"type": "int", "low": 5, "high": 50, "step": 45},
-                          "slow": {"type": "int", "low": 60, "high": 300, "step": 240}},
-                "validation": {"holdout": 0.3}, "seed": 1}
-
-
-async def test_restart_during_an_optimization_continues_the_loop(cluster: Cluster, operators: Operators,
-                                                                 kubelet: Kubelet) -> None:
-    kubelet.hold_trials.clear()
-    first = await operators.start()
-    await cluster.apply(strategy("opt", SMA, params={"fast": 50, "slow": 300}, optimization=OPTIMIZATION))
-    await cluster.wait_for("the trial pods to run",
-                           lambda: _some({p for p in kubelet.running_pods if "-i1t-" in p} or None), timeout=60)
-    await operators.stop(first)
-    kubelet.hold_trials.set()  # the trial Job finishes while no operator runs
-
-    async def trials_done() -> bool:
-        jobs = [j for j in await cluster.jobs() if j["metadata"]["labels"]["rbi.dev/purpose"] == "trials"]
-        return bool(jobs) and all(j.get("status", {}).get("conditions") for j in jobs)
-
-    await cluster.wait_for("the trial Job to finish", trials_done)
-    second = await operators.start()
-    body = await cluster.wait_for("the loop to end", lambda: _done(cluster), timeout=120)
-    assert body["status"]["optimization"]["bestChild"] == "opt-v2"
-    await cluster.wait_phase("opt-v2", {"Succeeded", "NoTrades"})
-    purposes = [j["metadata"]["labels"]["rbi.dev/purpose"] for j in await cluster.jobs()]
-    assert sorted(purposes) == ["run", "run", "trials", "validate"]  # parent, child, one of each stage
-    assert set(kubelet.jobs_started.values()) == {1}
-    assert len(second.store.trials("opt")) == 4 and len(second.store.lineage("opt")) == 1

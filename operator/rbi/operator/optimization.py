@@ -1,15 +1,19 @@
-"""spec.optimization in the cluster: the optimizer's search, constraints and promotion rule, trials as Jobs.
+"""spec.optimization in the cluster: the operator drives rbi.optimize.machine with Jobs.
 
-One iteration:
-  1. trials   the search (rbi.optimize.search, Optuna ask/tell) proposes maxTrials parameter sets;
-              one Indexed Job runs them on the in-sample rows, shard k taking trials k, k+shards, …
-  2. validate a two-shard Indexed Job runs the champion and the best feasible candidate on the
-              out-of-sample rows (the holdout that the search never saw)
-  3. promote  when the candidate beats the champion out of sample by minImprovement: a new version
-              in the store (register_version, record_optimization) and a child BacktestStrategy
-              <root>-v<N>, owned by its parent; the child then runs on the whole dataset.
-The parent's status.optimization is the loop's state, so an operator restart picks it up
-where it stopped; the Jobs and ConfigMaps of each stage have deterministic names.
+The loop is the same state machine `rbi optimize` steps (rbi.optimize.machine): the same
+search (Optuna studies in the results database), walk-forward, constraints, both gates, the
+cross-market check and LLM rounds. This module only performs what the machine asks:
+
+* a batch of search trials is one Indexed Job (shard k runs trials k, k+shards, …);
+* every other run of a batch (validation windows, other markets, the look-ahead probe) is a
+  single-run Job of its own; the batch is taken when all its Jobs have finished;
+* a promotion is a new version in the store and a child BacktestStrategy <root>-v<N>, owned by
+  its parent, labelled rbi.dev/deployable and with a Deployable condition;
+* a code change is asked of the operator's LLM endpoint.
+
+The machine's state is kept, as JSON, in the parent's status.optimization.machine after every
+step and before anything is created, and every Job has a name derived from (uid, batch, work), so a
+restarted operator finds the same Jobs, takes finished ones, and never runs a trial twice.
 """
 
 from __future__ import annotations
@@ -17,142 +21,324 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rbi import metrics
-from rbi.integrity import host_dataset, verifier
+from rbi.integrity import host_dataset, verifier, verify_report
 from rbi.k8s import manifests as m
 from rbi.k8s.reasons import job_state
-from rbi.k8s.results import trial_outcomes
+from rbi.k8s.results import run_outcome, trial_outcomes
 from rbi.operator import events, phases, runs
 from rbi.operator.kube import ApiError, bts_path, configmap_path, job_path
 from rbi.operator.state import OperatorState
-from rbi.optimize.search import ParameterSearch, objective_value
+from rbi.optimize import guards
+from rbi.optimize import machine as mc
+from rbi.optimize.loop import StudyCache
 from rbi.optimize.settings import OptimizationSettings, parse_settings
-from rbi.outcome import RunError, RunOutcome, Status
+from rbi.outcome import FailureClass, RunError, RunOutcome
+from rbi.runner import BUNDLED_PREFIX
 
 logger = logging.getLogger(__name__)
-TRIALS = "trials"
-VALIDATE = "validate"
 DONE = "done"
-
-
-def holdout_fraction(settings: OptimizationSettings) -> float:
-    validation = settings.validation or {}
-    if isinstance(validation.get("holdout"), int | float):
-        return min(0.9, max(0.05, float(validation["holdout"])))
-    walk = validation.get("walkForward")
-    if isinstance(walk, Mapping) and isinstance(walk.get("testFraction"), int | float):
-        return min(0.9, max(0.05, float(walk["testFraction"])))
-    return 0.3
-
-
-def score(settings: OptimizationSettings, stats: Mapping[str, Any] | None) -> float | None:
-    if not stats:
-        return None
-    return objective_value(stats, settings.primary.stat)
-
-
-def improvement(settings: OptimizationSettings, champion: float | None, candidate: float | None) -> float | None:
-    if candidate is None:
-        return None
-    if champion is None:
-        return float("inf")
-    delta = candidate - champion if settings.primary.maximize else champion - candidate
-    return delta / abs(champion) if abs(champion) > 1e-12 else delta
+TRIAL_JOB = "trials"
+WORK_JOB = "validate"
 
 
 def _opt(body: Any) -> dict[str, Any]:
     return dict((body.get("status") or {}).get("optimization") or {})
 
 
-async def _patch_opt(state: OperatorState, body: Any, changes: dict[str, Any], **status: Any) -> None:
-    await runs.patch_status(state, body, {"optimization": changes, **status})
+def _settings(body: Any) -> OptimizationSettings:
+    return parse_settings((body.get("spec") or {}).get("optimization"))
+
+
+def _searches(state: OperatorState, settings: OptimizationSettings) -> StudyCache:
+    key = ("studies", mc.settings_fingerprint(settings))
+    cache = state.searches.get(key)
+    if cache is None:
+        cache = state.searches[key] = StudyCache(settings, state.store)
+    return cache  # type: ignore[no-any-return]
+
+
+def _load(state: OperatorState, body: Any) -> mc.Machine | None:
+    raw = _opt(body).get("machine")
+    if not raw:
+        return None
+    settings = _settings(body)
+    saved = json.loads(raw)
+    return mc.Machine(saved, settings, searches=_searches(state, settings),
+                      trade_on_close=bool(saved.get("trade_on_close")))
+
+
+def _summary(step: mc.Machine) -> dict[str, Any]:
+    """What `kubectl get/describe` shows, beside the machine's own state."""
+    s = step.state
+    settings = step.settings
+    last = s["iterations"][-1] if s["iterations"] else {}
+    champion, parent = s["champion"], s["parent"]
+    gain = guards.improvement(parent.get("oos_score"), champion.get("oos_score"),
+                                 maximize=settings.primary.maximize) if s["children"] else None
+    promoted = [i for i in s["iterations"] if i.get("promoted")]
+    return {
+        "state": s["stage"], "iteration": s["iteration"], "maxIterations": settings.max_iterations,
+        "trials": s["trials"], "objective": settings.primary.stat, "batch": s.get("batch"),
+        "championVersion": champion.get("version"), "championParams": champion.get("params"),
+        "bestVersion": champion.get("version") if s["children"] else None,
+        "bestChild": m.child_name(s["strategy"], champion["version"]) if s["children"] else None,
+        "bestScore": _finite(champion.get("oos_score")), "baselineScore": _finite(parent.get("oos_score")),
+        "improvement": _finite(gain), "lastImprovement": _finite(last.get("improvement")),
+        "lastReason": str(last.get("reason") or "")[:500] or None,
+        "deployable": promoted[-1].get("deployable") if promoted else None,
+        "stopReason": s["stop_reason"], "machine": json.dumps(s, sort_keys=True, default=str),
+    }
+
+
+async def _save(state: OperatorState, body: Any, step: mc.Machine, **status: Any) -> None:
+    await runs.patch_status(state, body, {"optimization": _summary(step), **status})
+
+
+# --- entry points (runs.py and the handlers call these) ---------------------------------------------
 
 
 async def start(state: OperatorState, body: Any) -> None:
-    """The parent's own run succeeded: begin iteration 1 from its parameters."""
-    if _opt(body).get("state"):
+    """The parent's own run succeeded: measure it and begin the loop (or carry on with a saved one)."""
+    if _opt(body).get("machine"):
         await resume(state, body)
         return
-    settings = parse_settings((body.get("spec") or {}).get("optimization"))
-    status = body.get("status") or {}
-    await _patch_opt(state, body, {
-        "state": TRIALS, "iteration": 1, "maxIterations": settings.max_iterations, "trials": 0,
-        "objective": settings.primary.stat, "championVersion": int(status.get("version") or 1),
-        "championName": body["metadata"]["name"], "championParams": dict((body.get("spec") or {}).get("params") or {}),
-    }, phase=phases.OPTIMIZING, reason="Optimizing", message="optimisation iteration 1")
-    fresh = await state.kube.get(bts_path(body["metadata"]["namespace"], body["metadata"]["name"]))
-    if fresh is not None:
-        await _submit_stage(state, fresh)
+    namespace, name, _, _ = runs.ident(body)
+    async with state.lock(f"{namespace}/{name}/opt"):
+        fresh = await state.kube.get(bts_path(namespace, name))
+        if fresh is None or _opt(fresh).get("machine"):
+            return
+        settings = _settings(fresh)
+        code, _ = await runs.resolve_code(state, fresh)
+        planned = runs.plan(state, fresh, code)
+        host = host_dataset(planned.data_path)
+        if host is None:
+            await _finish(state, fresh, f"the operator cannot read the dataset {planned.data_path!r} to cut its "
+                                        "windows: use data.dataset, or mount the dataset PVC in the operator at /data")
+            return
+        n_rows, digest = await asyncio.to_thread(_dataset_facts, host)
+        root, _ = runs.lineage(fresh)
+        status = fresh.get("status") or {}
+        step = await asyncio.to_thread(
+            mc.Machine.start, settings, searches=_searches(state, settings), strategy=root, code=planned.code,
+            params=dict((fresh.get("spec") or {}).get("params") or {}), version=int(status.get("version") or 1),
+            n_rows=n_rows, dataset_hash=digest, llm=_llm(state) is not None,
+            trade_on_close=bool(planned.spec.backtest.get("trade_on_close")))
+        step.state["trade_on_close"] = bool(planned.spec.backtest.get("trade_on_close"))
+        step.state["resource"] = name
+        await _save(state, fresh, step, phase=phases.OPTIMIZING, reason="Optimizing",
+                    message="optimisation: measuring the parent")
+    await _advance(state, namespace, name)
 
 
 async def resume(state: OperatorState, body: Any) -> None:
-    """After a restart: re-attach to the stage's Job if it exists, else (re)create it."""
-    opt = _opt(body)
-    if opt.get("state") is None:  # the parent's run finished, the loop never started
+    """After a restart (or any event): re-attach to the batch's Jobs, take finished ones, go on."""
+    if not _opt(body).get("machine"):
         await start(state, body)
         return
-    if opt.get("state") == DONE:
+    if _opt(body).get("state") == DONE:
         return
-    await _submit_stage(state, body)
+    namespace, name, _, _ = runs.ident(body)
+    await _advance(state, namespace, name)
 
 
-def _search(state: OperatorState, body: Any, settings: OptimizationSettings) -> ParameterSearch:
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    search = state.searches.get(key)
-    if search is None:
-        search = state.searches[key] = ParameterSearch(settings)
-        search.enqueue(_opt(body).get("championParams") or {})
-    return search
+async def on_stage_job_finished(state: OperatorState, job: dict[str, Any]) -> None:
+    labels = job["metadata"].get("labels") or {}
+    strategy = labels.get(m.LABEL_STRATEGY)
+    if strategy:
+        await _advance(state, job["metadata"]["namespace"], strategy)
 
 
-def _stage_trials(state: OperatorState, body: Any, settings: OptimizationSettings) -> list[tuple[int, dict[str, Any]]]:
-    opt = _opt(body)
-    if opt["state"] == VALIDATE:
-        return [(0, dict(opt.get("championParams") or {})), (1, dict(opt.get("candidateParams") or {}))]
-    asked = _search(state, body, settings).ask(settings.max_trials)
-    key = (body["metadata"]["namespace"], body["metadata"]["name"], int(opt["iteration"]))
-    state.asked[key] = asked
-    return [(index, dict(a.params)) for index, a in enumerate(asked)]
-
-
-async def _submit_stage(state: OperatorState, body: Any) -> None:
-    namespace, name, uid, _ = runs.ident(body)
-    opt = _opt(body)
-    stage, iteration = str(opt["state"]), int(opt["iteration"])
-    key = m.trial_job_name(name, uid, iteration, stage)
-    existing_job = await state.kube.get(job_path(namespace, key))
-    if existing_job is not None:
-        if job_state(existing_job).finished:  # it ended while no operator watched
-            await on_stage_job_finished(state, existing_job)
-        else:
-            state.queue.attach(key)
+async def fail_stage(state: OperatorState, namespace: str, strategy: str, job_name: str, error: RunError) -> None:
+    """A Job of the batch can never run (an image pull error): the loop stops, saying why."""
+    body = await state.kube.get(bts_path(namespace, strategy))
+    if body is None:
         return
-    settings = parse_settings((body.get("spec") or {}).get("optimization"))
-    code, generated = await runs.resolve_code(state, body)
-    planned = runs.plan(state, body, code, generated=generated)
-    existing = await state.kube.get(configmap_path(namespace, key))
-    if existing is not None:
-        trials = [(int(i), dict(p)) for i, p in json.loads((existing.get("data") or {})["trials.json"])["trials"]]
+    step = _load(state, body)
+    if step is not None and job_name in {j for j, _ in _jobs_of(body, step)}:
+        await _finish(state, body, f"{error.type}: {error.message}", step=step)
+
+
+# --- stepping ----------------------------------------------------------------------------------------
+
+
+async def _advance(state: OperatorState, namespace: str, name: str) -> None:
+    """Step the machine until it waits for Jobs or is done. One stepper per resource at a time."""
+    async with state.lock(f"{namespace}/{name}/opt"):
+        for _ in range(1000):
+            body = await state.kube.get(bts_path(namespace, name))
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            step = _load(state, body)
+            if step is None or step.done:
+                return
+            counted = len(step.state["iterations"])
+            action = await asyncio.to_thread(step.next)
+            if isinstance(action, mc.RunBatch):
+                await _save(state, body, step)  # the batch (and its trials' numbers) before any Job exists
+                body = await state.kube.get(bts_path(namespace, name)) or body
+                results = await _collect(state, body, step)
+                if results is None:
+                    return  # still running: a Job event brings us back
+                records = await asyncio.to_thread(step.take_results, results)
+                await _record_trials(state, body, records)
+            elif isinstance(action, mc.Promote):
+                version = await _promote(state, body, step, action)
+                await asyncio.to_thread(step.promoted, version)
+            elif isinstance(action, mc.AskModel):
+                proposal = await asyncio.to_thread(_propose, state, step, action)
+                await asyncio.to_thread(step.take_proposal, proposal)
+            else:
+                await _finish(state, body, action.reason, step=step)
+                return
+            for report in step.state["iterations"][counted:]:
+                result = "promoted" if report.get("promoted") else "rejected"
+                metrics.OPTIMIZATION_ITERATIONS.labels(result=result).inc()
+                if report.get("promoted") and _finite(report.get("improvement")) is not None:
+                    metrics.OPTIMIZATION_IMPROVEMENT.observe(min(float(report["improvement"]), 100.0))
+            await _save(state, body, step, message=f"optimisation iteration {step.state['iteration']}: "
+                                                   f"{step.state['stage']}")
+        logger.error("%s/%s: the optimisation did not settle after 1000 steps", namespace, name)
+
+
+def _dataset_facts(path: str) -> tuple[int, str]:
+    from rbi.prepare.data import dataset_hash, load_ohlcv
+
+    return len(load_ohlcv(path)), dataset_hash(Path(path))
+
+
+def _fraction(rows: tuple[int, int], n_rows: int) -> tuple[float, float]:
+    # rbi.runner (and rbi.integrity) take rows int(n * f): half a row in hits each bound exactly.
+    return (rows[0] + 0.5) / n_rows, (rows[1] + 0.5) / n_rows
+
+
+def _jobs_of(body: Any, step: mc.Machine) -> list[tuple[str, list[mc.Work]]]:
+    """The Jobs that run the pending batch: one Indexed Job for its trials, one Job per other run."""
+    _, name, uid, _ = runs.ident(body)
+    batch = int(step.state.get("batch") or 0)
+    works = [mc.Work.from_json(w) for w in step.state["pending"]]
+    trials = [w for w in works if w.trial is not None]
+    jobs: list[tuple[str, list[mc.Work]]] = []
+    if trials:
+        jobs.append((m.trial_job_name(name, uid, batch, TRIAL_JOB), trials))
+    for index, work in enumerate(w for w in works if w.trial is None):
+        jobs.append((m.trial_job_name(name, uid, batch, f"{WORK_JOB}{index}"), [work]))
+    return jobs
+
+
+async def _collect(state: OperatorState, body: Any, step: mc.Machine) -> list[mc.Result] | None:
+    """The batch's results once every one of its Jobs has finished; creates the Jobs that do not exist yet."""
+    namespace = body["metadata"]["namespace"]
+    waiting = False
+    results: list[mc.Result] = []
+    for job_name, works in _jobs_of(body, step):
+        job = await state.kube.get(job_path(namespace, job_name))
+        if job is None:
+            await _create(state, body, step, job_name, works)
+            waiting = True
+            continue
+        if not job_state(job).finished:
+            state.queue.attach(job_name)
+            waiting = True
+            continue
+        state.queue.release(job_name)
+        if not waiting:
+            results += await _results(state, body, step, job, works)
+    return None if waiting else results
+
+
+async def _results(state: OperatorState, body: Any, step: mc.Machine, job: dict[str, Any],
+                   works: list[mc.Work]) -> list[mc.Result]:
+    namespace, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
+    code, _ = await runs.resolve_code(state, body)
+    planned = runs.plan(state, body, code)
+    pods = await runs.job_pods(state, namespace, job_name)
+    logs: dict[str, str] = {}
+    for pod in pods:
+        # Figures come only from the full result lines (with their facts), recomputed by the host.
+        text = await state.kube.log(namespace, pod["metadata"]["name"], m.CONTAINER)
+        if text:
+            logs[pod["metadata"]["name"]] = text
+    n_rows = int(step.state["n_rows"])
+    if works[0].trial is not None:
+        fraction = _fraction(works[0].rows or (0, n_rows), n_rows)
+        verify = verifier(host_dataset(planned.data_path), mode="class", data_fraction=fraction)
+        outcomes = await asyncio.to_thread(trial_outcomes, job, pods, container=m.CONTAINER, logs=logs, verify=verify)
+        shared = outcomes.get(-1)
+        return [mc.result_from_outcome(w, outcomes.get(i) or shared or _missing(job_name))
+                for i, w in enumerate(works)]
+    work = works[0]
+    log = logs.get(pods[-1]["metadata"]["name"]) if pods else None
+    outcome = await asyncio.to_thread(run_outcome, job, pods, container=m.CONTAINER, log=log, mode="class",
+                                      verify=_work_verifier(planned.data_path, work, n_rows))
+    return [mc.result_from_outcome(work, outcome)]
+
+
+def _work_verifier(data_path: str, work: mc.Work, n_rows: int) -> Any:
+    if work.dataset is not None:
+        return verifier(host_dataset(f"{BUNDLED_PREFIX}{work.dataset}"), mode="class")
+    host = host_dataset(data_path)
+    rows = work.rows or (0, n_rows)
+    if work.probe is None:
+        return verifier(host, rows, mode="class")
+
+    def verify_probe(report: dict[str, Any]) -> dict[str, Any]:
+        # The probe run was served the altered window: check its fills against that, built the same way.
+        from rbi.optimize.guards import lookahead_probe
+        from rbi.prepare.data import load_ohlcv
+
+        frame = None
+        if host is not None:
+            frame = lookahead_probe(load_ohlcv(host).iloc[rows[0]:rows[1]], decision_row=int(work.probe or 0)).data
+        return verify_report(report, frame=frame, mode="class")
+
+    return verify_probe
+
+
+def _missing(job_name: str) -> RunOutcome:
+    return RunOutcome.failed(RunError(FailureClass.SANDBOX_ERROR, f"Job {job_name} gave no result for this trial"))
+
+
+async def _create(state: OperatorState, body: Any, step: mc.Machine, job_name: str, works: list[mc.Work]) -> None:
+    namespace, name, _, _ = runs.ident(body)
+    code, _ = await runs.resolve_code(state, body)
+    planned = runs.plan(state, body, code)
+    n_rows = int(step.state["n_rows"])
+    first = works[0]
+    work_code = step.code(first.code)
+    batch = int(step.state.get("batch") or 0)
+    if first.trial is not None:
+        fraction: tuple[float, float] | None = _fraction(first.rows or (0, n_rows), n_rows)
+        keep = sorted({o.stat for o in step.settings.objectives} | {c.stat for c in step.settings.constraints}
+                      | {"num_trades", "sharpe_ratio"})
+        shards = m.trial_shards(len(works), state.settings.job)
+        document = m.build_trials_document(trials=[(i, w.params) for i, w in enumerate(works)], shards=shards,
+                                           keep=keep, data_fraction=fraction)
+        request = m.run_request(mode="class", params={}, backtest=planned.spec.backtest,
+                                strategy_class=planned.spec.strategy_class, data_path=planned.data_path)
+        configmap = m.build_code_configmap(name=job_name, namespace=namespace, strategy=name, code=work_code,
+                                           request=request, owner=body, trials=document, purpose=TRIAL_JOB)
+        job = m.build_indexed_trial_job(name=job_name, namespace=namespace, strategy=name, configmap=job_name,
+                                        limits=planned.spec.limits, options=state.settings.job, owner=body,
+                                        trials=len(works), iteration=batch, stage=TRIAL_JOB, gpu=planned.spec.gpu)
+        what = f"{len(works)} trial(s) in {shards} shard(s)"
     else:
-        trials = _stage_trials(state, body, settings)
-    if not trials:
-        await _finish_loop(state, body, "the search space is exhausted")
-        return
-    split = 1.0 - holdout_fraction(settings)
-    fraction = (0.0, split) if stage == TRIALS else (split, 1.0)
-    keep = sorted({o.stat for o in settings.objectives} | {c.stat for c in settings.constraints} | {"num_trades"})
-    shards = m.trial_shards(len(trials), state.settings.job)
-    document = m.build_trials_document(trials=trials, shards=shards, keep=keep, data_fraction=fraction)
-    request = m.run_request(mode="class", params={}, backtest=planned.spec.backtest,
-                            strategy_class=planned.spec.strategy_class, data_path=planned.data_path)
-    configmap = m.build_code_configmap(name=key, namespace=namespace, strategy=name, code=planned.code,
-                                       request=request, owner=body, trials=document, purpose=stage)
-    job = m.build_indexed_trial_job(name=key, namespace=namespace, strategy=name, configmap=key,
-                                    limits=planned.spec.limits, options=state.settings.job, owner=body,
-                                    trials=len(trials), iteration=iteration, stage=stage)
+        data_path = f"{BUNDLED_PREFIX}{first.dataset}" if first.dataset else planned.data_path
+        fraction = None if first.dataset else _fraction(first.rows or (0, n_rows), n_rows)
+        request = m.run_request(mode="class", params=first.params, backtest=planned.spec.backtest,
+                                strategy_class=planned.spec.strategy_class, data_path=data_path,
+                                data_fraction=fraction)
+        request.update({"include_series": first.series, "max_trades": mc.ALL_TRADES if first.series else 2000,
+                        "lookahead_probe": first.probe})
+        configmap = m.build_code_configmap(name=job_name, namespace=namespace, strategy=name, code=work_code,
+                                           request=request, owner=body, purpose=WORK_JOB)
+        job = m.build_job(name=job_name, namespace=namespace, strategy=name, configmap=job_name,
+                          limits=planned.spec.limits, options=state.settings.job, owner=body, purpose=WORK_JOB,
+                          extra_labels={m.LABEL_ITERATION: str(batch)}, gpu=planned.spec.gpu, trials_file=False)
+        what = f"{first.key}"
 
     async def create() -> bool:
         fresh = await state.kube.get(bts_path(namespace, name))
@@ -163,184 +349,113 @@ async def _submit_stage(state: OperatorState, body: Any) -> None:
             _, created = await state.kube.create(job_path(namespace), job)
         except ApiError as exc:
             if exc.transient:
-                runs.retry_later(state, key, create, group=f"{namespace}/{name}")
+                runs.retry_later(state, job_name, create, group=f"{namespace}/{name}")
                 return False
-            await _finish_loop(state, fresh, f"cannot create the {stage} Job: {exc}")
+            await _finish(state, fresh, f"cannot create the Job {job_name}: {exc}")
             return False
         if created:
             metrics.JOBS_CREATED.inc()
-            events.post(state, fresh, reason="JobCreated", message=f"{stage} Job {key}: {len(trials)} trial(s) in "
-                      f"{shards} shard(s), iteration {iteration}")
-        await _patch_opt(state, fresh, {"job": key})
+            events.post(state, fresh, reason="JobCreated", message=f"optimisation Job {job_name}: {what} "
+                        f"(batch {batch}, iteration {step.state['iteration']})")
         return True
 
-    state.queue.submit(key, create, group=f"{namespace}/{name}")
+    state.queue.submit(job_name, create, group=f"{namespace}/{name}")
 
 
-async def on_stage_job_finished(state: OperatorState, job: dict[str, Any]) -> None:
-    namespace, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
-    labels = job["metadata"].get("labels") or {}
-    strategy = labels.get(m.LABEL_STRATEGY)
-    if not strategy:
-        return
-    async with state.lock(f"{namespace}/{strategy}/opt"):
-        body = await state.kube.get(bts_path(namespace, strategy))
-        if body is None:
-            return
-        opt = _opt(body)
-        _, name, uid, _ = runs.ident(body)
-        if opt.get("state") not in (TRIALS, VALIDATE) or m.trial_job_name(
-                name, uid, int(opt.get("iteration") or 0), str(opt["state"])) != job_name:
-            return  # a stage already taken
-        pods = await runs.job_pods(state, namespace, job_name)
-        logs: dict[str, str] = {}
-        for pod in pods:
-            # Always the logs: each trial's figures are recomputed here from its facts, never read off a message.
-            text = await state.kube.log(namespace, pod["metadata"]["name"], m.CONTAINER)
-            if text:
-                logs[pod["metadata"]["name"]] = text
-        configmap = await state.kube.get(configmap_path(namespace, job_name))
-        batch = json.loads(((configmap or {}).get("data") or {}).get("trials.json") or '{"trials": []}')
-        trials = batch["trials"]
-        fraction = batch.get("dataFraction")
-        verify = verifier(host_dataset(runs.served_path(state, body)), mode="class",
-                          data_fraction=(float(fraction[0]), float(fraction[1])) if fraction else None)
-        outcomes = await asyncio.to_thread(trial_outcomes, job, pods, container=m.CONTAINER, logs=logs, verify=verify)
-        params = {int(i): dict(p) for i, p in trials}
-        if opt["state"] == TRIALS:
-            await _after_trials(state, body, outcomes, params)
-        else:
-            await _after_validation(state, body, outcomes)
-
-
-async def fail_stage(state: OperatorState, namespace: str, strategy: str, job_name: str, error: RunError) -> None:
-    body = await state.kube.get(bts_path(namespace, strategy))
-    if body is not None and _opt(body).get("job") == job_name:
-        await _finish_loop(state, body, f"{error.type}: {error.message}")
-
-
-def _feasible(settings: OptimizationSettings, outcome: RunOutcome) -> bool:
-    return outcome.status is Status.SUCCEEDED and all(c.holds(outcome.stats) for c in settings.constraints)
-
-
-async def _after_trials(state: OperatorState, body: Any, outcomes: dict[int, RunOutcome],
-                        params: dict[int, dict[str, Any]]) -> None:
-    settings = parse_settings((body.get("spec") or {}).get("optimization"))
-    namespace, name, _, _ = runs.ident(body)
-    opt = _opt(body)
-    iteration = int(opt["iteration"])
-    asked = state.asked.pop((namespace, name, iteration), None)
-    search = state.searches.get((namespace, name))
+async def _record_trials(state: OperatorState, body: Any, records: list[dict[str, Any]]) -> None:
     root, _ = runs.lineage(body)
-    champion_version = int(opt.get("championVersion") or 1)
-    best: tuple[float, int] | None = None
-    for index, trial_params in params.items():
-        outcome = outcomes.get(index)
-        stats = outcome.stats if outcome is not None and outcome.status is not Status.FAILED else None
-        value = score(settings, stats)
-        if asked is not None and search is not None and index < len(asked):
-            search.tell(asked[index], stats)
-        await asyncio.to_thread(state.store.record_trial, strategy_name=root, parent_version=champion_version,
-                                iteration=iteration, trial_number=index, params=trial_params, objective=value,
-                                status=str(outcome.status) if outcome else "failed", stats=stats, sample="in_sample")
-        if outcome is not None and value is not None and _feasible(settings, outcome):
-            ranked = value if settings.primary.maximize else -value
-            if best is None or ranked > best[0]:
-                best = (ranked, index)
-    metrics.OPTIMIZATION_TRIALS.labels(source="params").inc(len(params))
-    total = int(opt.get("trials") or 0) + len(params)
-    if best is None:
-        metrics.OPTIMIZATION_ITERATIONS.labels(result="rejected").inc()
-        await _patch_opt(state, body, {"trials": total})
-        await _finish_loop(state, body, f"iteration {iteration}: no trial met the constraints")
-        return
-    await _patch_opt(state, body, {"state": VALIDATE, "trials": total, "candidateParams": params[best[1]],
-                                   "candidateInSample": best[0] if settings.primary.maximize else -best[0]},
-                     message=f"iteration {iteration}: validating the best of {len(params)} trials out of sample")
-    fresh = await state.kube.get(bts_path(namespace, name))
-    if fresh is not None:
-        await _submit_stage(state, fresh)
+    for record in records:
+        await asyncio.to_thread(
+            state.store.record_study_trial, study=record["study"], strategy_name=root,
+            parent_version=record["parent_version"] or 1, iteration=record["iteration"],
+            trial_number=record["trial_number"], params=record["params"], objective=record["objective"],
+            status=record["status"], stats=record["stats"], sample="in_sample")
+    if records:
+        metrics.OPTIMIZATION_TRIALS.labels(source="params").inc(len(records))
 
 
-async def _after_validation(state: OperatorState, body: Any, outcomes: dict[int, RunOutcome]) -> None:
-    settings = parse_settings((body.get("spec") or {}).get("optimization"))
+async def _promote(state: OperatorState, body: Any, step: mc.Machine, action: mc.Promote) -> int:
+    """Store the new version and its lineage step, then create (or find) its resource. Idempotent."""
     namespace, name, _, _ = runs.ident(body)
-    opt = _opt(body)
-    iteration = int(opt["iteration"])
-    champion, candidate = outcomes.get(0), outcomes.get(1)
-    champion_score = score(settings, champion.stats if champion and champion.status is not Status.FAILED else None)
-    candidate_score = score(settings, candidate.stats if candidate and _feasible(settings, candidate) else None)
-    gain = improvement(settings, champion_score, candidate_score)
-    baseline = opt.get("baselineScore", champion_score)
-    changes: dict[str, Any] = {"lastImprovement": _finite(gain), "baselineScore": _finite(baseline)}
-    if gain is None or gain < settings.min_improvement:
-        metrics.OPTIMIZATION_ITERATIONS.labels(result="rejected").inc()
-        await _patch_opt(state, body, changes)
-        await _finish_loop(state, body, f"iteration {iteration}: the best candidate did not beat the champion out of "
-                                        f"sample by {settings.min_improvement:.0%}")
-        return
-    metrics.OPTIMIZATION_ITERATIONS.labels(result="promoted").inc()
-    metrics.OPTIMIZATION_IMPROVEMENT.observe(min(gain, 100.0))
-    child = await _promote(state, body, dict(opt.get("candidateParams") or {}), gain)
-    total_gain = improvement(settings, _number(baseline), candidate_score)
-    changes.update({"bestChild": child["metadata"]["name"], "bestVersion": int(child["metadata"]["labels"][
-        m.LABEL_VERSION]), "bestScore": _finite(candidate_score), "improvement": _finite(total_gain),
-        "championVersion": int(child["metadata"]["labels"][m.LABEL_VERSION]), "championName": child["metadata"]["name"],
-        "championParams": dict(opt.get("candidateParams") or {}), "championScore": _finite(candidate_score)})
-    target_met = settings.target is not None and candidate_score is not None and (
-        candidate_score >= settings.target if settings.primary.maximize else candidate_score <= settings.target)
-    if iteration >= settings.max_iterations or target_met:
-        await _patch_opt(state, body, changes)
-        fresh = await state.kube.get(bts_path(namespace, name))
-        await _finish_loop(state, fresh or body, "target reached" if target_met else
-                           f"{settings.max_iterations} iteration(s) done")
-        return
-    changes.update({"state": TRIALS, "iteration": iteration + 1, "job": None})
-    await _patch_opt(state, body, changes, message=f"optimisation iteration {iteration + 1}")
-    fresh = await state.kube.get(bts_path(namespace, name))
-    if fresh is not None:
-        await _submit_stage(state, fresh)
-
-
-async def _promote(state: OperatorState, body: Any, params: dict[str, Any], gain: float) -> dict[str, Any]:
-    """Store the new version and its lineage step, then create (or find) its resource."""
-    namespace, _, _, _ = runs.ident(body)
-    opt = _opt(body)
     root, _ = runs.lineage(body)
-    code, _ = await runs.resolve_code(state, body)
-    planned = runs.plan(state, body, code)
-    parent_version = int(opt.get("championVersion") or 1)
-    old = dict(opt.get("championParams") or {})
-    diff = {k: [old.get(k), v] for k, v in params.items() if old.get(k) != v}
-    version = await asyncio.to_thread(state.store.register_version, root, code=planned.code, params=params,
-                                      parent_version=parent_version, source="optimizer")
-    await asyncio.to_thread(state.store.record_optimization, strategy_name=root, parent_version=parent_version,
-                            child_version=version, optimization_type="params", changes_made=json.dumps(diff),
-                            performance_delta=_finite(gain), details={"iteration": opt.get("iteration"),
-                                                                      "objective": opt.get("objective")})
-    parent = await state.kube.get(bts_path(namespace, str(opt.get("championName") or body["metadata"]["name"])))
-    child = m.build_child_strategy(parent=parent or body, root=root, version=version, code=planned.code,
-                                   params={**dict((body.get("spec") or {}).get("params") or {}), **params},
-                                   changes=json.dumps(diff))
-    created_child, created = await state.kube.create(bts_path(namespace), child)
+    version = await asyncio.to_thread(state.store.register_version, root, code=action.code, params=action.params,
+                                      parent_version=action.parent_version, source=action.kind)
+    await asyncio.to_thread(state.store.record_optimization, strategy_name=root, parent_version=action.parent_version,
+                            child_version=version, optimization_type=action.kind, changes_made=action.changes,
+                            performance_delta=action.improvement, details=action.details)
+    own_version = int((body.get("status") or {}).get("version") or 1)
+    parent_name = name if action.parent_version == own_version else m.child_name(root, action.parent_version)
+    parent = await state.kube.get(bts_path(namespace, parent_name))
+    child = m.build_child_strategy(parent=parent or body, root=root, version=version, code=action.code,
+                                   params=action.params, changes=action.changes, deployable=action.deployable)
+    _, created = await state.kube.create(bts_path(namespace), child)
+    gate = action.details.get("guards") or {}
     if created:
-        events.post(state, body, reason="ChildCreated", message=f"v{version} promoted as {child['metadata']['name']}: "
-                  f"{json.dumps(diff)}, out-of-sample improvement {gain:+.1%}")
-    return created_child if created_child.get("metadata", {}).get("labels") else child
+        events.post(state, body, reason="ChildCreated",
+                    message=f"v{version} promoted as {child['metadata']['name']}: {action.changes[:300]}, "
+                            f"out-of-sample improvement {_pct(action.improvement)}; "
+                            f"{'deployable' if action.deployable else 'not deployable'}")
+    fresh_child = await state.kube.get(bts_path(namespace, child["metadata"]["name"]))
+    if fresh_child is not None:
+        dsr = gate.get("deflated_sharpe")
+        await runs.patch_status(state, fresh_child, {"conditions": [{
+            "type": "Deployable", "status": "True" if action.deployable else "False", "reason": "DeflatedSharpe",
+            "message": f"deflated Sharpe ratio {_num(dsr)} over {gate.get('deflated_sharpe_trials')} trials; "
+                       f"minDeflatedSharpe {step.settings.guards.min_deflated_sharpe:g}"}]})
+    return version
 
 
-async def _finish_loop(state: OperatorState, body: Any, reason: str) -> None:
-    namespace, name, _, _ = runs.ident(body)
-    state.searches.pop((namespace, name), None)
-    await _patch_opt(state, body, {"state": DONE, "stopReason": reason, "job": None}, phase=phases.SUCCEEDED,
-                     reason="OptimizationDone", message=reason[:1000])
+def _llm(state: OperatorState) -> Any:
+    from rbi.operator.agents import _client
+    from rbi.operator.runs import InvalidStrategy
+
+    try:
+        return _client(state)
+    except InvalidStrategy:
+        return None
+
+
+def _propose(state: OperatorState, step: mc.Machine, action: mc.AskModel) -> mc.Proposal:
+    from rbi.optimize.refine import RefineError, propose_code_change
+
+    client = _llm(state)
+    if client is None:
+        return mc.Proposal(code=None, error="llm: no LLM endpoint is configured in the operator")
+    try:
+        proposal = propose_code_change(client, code=action.code, stats=action.stats, trades=None, tried=action.tried,
+                                       objective=step.settings.primary.stat, maximize=step.settings.primary.maximize)
+    except RefineError as exc:
+        return mc.Proposal(code=None, error=f"{exc.kind}: {exc}")
+    metrics.OPTIMIZATION_TRIALS.labels(source="llm_code").inc()
+    return mc.Proposal(code=proposal.code, rationale=proposal.rationale, diff=proposal.diff, extra={
+        "model": proposal.completion.model, "prompt_version": proposal.prompt_version,
+        "prompt_tokens": proposal.completion.prompt_tokens, "completion_tokens": proposal.completion.completion_tokens,
+        "rationale": proposal.rationale, "change_kind": proposal.change_kind})
+
+
+async def _finish(state: OperatorState, body: Any, reason: str, *, step: mc.Machine | None = None) -> None:
+    changes: dict[str, Any] = {"state": DONE, "stopReason": reason}
+    if step is not None:
+        step.state["stage"] = "done"
+        step.state["stop_reason"] = reason
+        step.state["pending"] = []
+        changes = {**_summary(step), **changes}
+    await runs.patch_status(state, body, {"optimization": changes, "phase": phases.SUCCEEDED,
+                                          "reason": "OptimizationDone", "message": reason[:1000]})
     events.post(state, body, reason="OptimizationDone", message=reason[:1000])
 
 
 def _finite(value: Any) -> float | None:
-    number = _number(value)
-    return None if number is None or number != number or abs(number) == float("inf") else round(number, 6)
+    return mc._finite(value)
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def _num(value: Any) -> str:
+    number = _finite(value)
+    return "undefined" if number is None else f"{number:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:+.1%}"
+
+
+__all__ = ["fail_stage", "on_stage_job_finished", "resume", "start"]

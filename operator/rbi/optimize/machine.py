@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rbi.optimize import guards, splits
+from rbi.optimize.probe import probe_decision_row
 from rbi.optimize.search import objective_value
 from rbi.optimize.settings import OptimizationSettings
 
@@ -380,7 +381,7 @@ class Machine:
                          ) -> list[Work]:
         """The full in-sample run again (deterministic) beside the probe, so no trade list is kept in the state."""
         n = self.train.length
-        row = guards.probe_decision_row(n, keep=LOOKAHEAD_KEEP, full_trades=trades)
+        row = probe_decision_row(n, keep=LOOKAHEAD_KEEP, full_trades=trades)
         rows = (self.train.start, self.train.end)
         return [Work(f"{prefix}:full", evaluation["code"], dict(evaluation["params"]), rows=rows, series=True),
                 Work(f"{prefix}:probe", evaluation["code"], dict(evaluation["params"]), rows=rows, series=True,
@@ -389,6 +390,8 @@ class Machine:
     def _lookahead_report(self, prefix: str, results: Mapping[str, Result]) -> guards.LookaheadReport | None:
         full, probe = results.get(f"{prefix}:full"), results.get(f"{prefix}:probe")
         if full is None or probe is None or full.trades is None or probe.trades is None:
+            errors = [f"{r.key}: {r.error}" for r in (full, probe) if r is not None and r.error]
+            self.state["lookahead_error"] = "; ".join(errors) or "a run gave no trade list"
             return None
         pending = {w["key"]: w for w in self.state["pending"]}
         row = int(pending[f"{prefix}:probe"]["probe"])
@@ -466,7 +469,8 @@ class Machine:
         state = self.state
         look = self._lookahead_report("parent", results)
         state["parent_guards"] = {"lookahead_suspected": look.suspected if look else None,
-                                  "lookahead_detail": look.reason if look else "not checked"}
+                                  "lookahead_detail": look.reason if look else
+                                  f"not checked: {state.pop('lookahead_error', '')}"}
         state["pending"] = []
         if look is not None and look.suspected:
             # Optimising a strategy that already peeks at future bars would only polish the leak.
@@ -685,7 +689,7 @@ class Machine:
         self.state["pending"] = []
         if look is None or look.suspected:
             self._reject_candidate(f"look-ahead suspected: {look.reason}" if look else
-                                   "the look-ahead check could not run")
+                                   f"the look-ahead check could not run ({self.state.pop('lookahead_error', '')})")
             return
         self._promotion()
 

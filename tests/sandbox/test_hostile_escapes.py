@@ -420,11 +420,13 @@ def test_writes_outside_scratch_fail(run_code: RunCode) -> None:
     pyenv_target = f"{sys.base_prefix}/{token}"
     package_target = f"{Path(rbi.__file__).resolve().parent}/{token}.py"
     ran = run_code(probes(f"""
-import glob, os
+import glob, io, os
 data = glob.glob("/data/*")[0]
 def write(path, mode="w"):
-    with open(path, mode) as handle:
-        handle.write("pwned")
+    # io.FileIO, not open(): open() sends writes the sandbox cannot make into the scratch mirror
+    # (rbi.run_hooks), a convenience hostile code simply goes around. The filesystem must refuse.
+    with io.FileIO(path, mode) as handle:
+        handle.write(b"pwned")
     return path
 probe("overwrite-strategy", lambda: write("/sandbox/strategy.py"))
 probe("new-file-in-sandbox", lambda: write("/sandbox/other.py"))
@@ -443,9 +445,13 @@ probe("proc-sys-hostname", lambda: write("/proc/sys/kernel/hostname"))
 probe("proc-drop-caches", lambda: write("/proc/sys/vm/drop_caches"))
 probe("dev-null-replace", lambda: os.unlink("/dev/null"))
 print("SCRATCH-WRITE", write("/tmp/fine.txt"))
+with open("/etc/passwd", "a") as handle:  # through the hooks: lands in the scratch mirror, never in /etc
+    handle.write("pwned")
+print("MIRRORED", *glob.glob("/tmp/rbi-output/etc/passwd"))
 """))
     assert_ran_to_the_end(ran)
     assert "SCRATCH-WRITE /tmp/fine.txt" in ran.stdout, ran.describe()
+    assert "MIRRORED /tmp/rbi-output/etc/passwd" in ran.stdout, ran.describe()
     assert_all_denied(ran, {
         "overwrite-strategy", "new-file-in-sandbox", "overwrite-dataset", "rename-dataset", "unlink-dataset",
         "new-file-in-root", "etc-passwd", "usr-lib", "venv", "pyenv", "rbi-package", "mkdir-usr",

@@ -33,7 +33,29 @@ sys.path.insert(0, str(ROOT / "tests"))
 NAMESPACE = "bench"
 BTS = f"/apis/rbi.dev/v1alpha1/namespaces/{NAMESPACE}/backteststrategies"
 CODE = (ROOT / "examples" / "strategies" / "sma_cross.py").read_text()
-CANNED = {"return_pct": 12.5, "sharpe_ratio": 1.1, "max_drawdown_pct": -9.5, "win_rate_pct": 51.0, "num_trades": 40}
+
+
+def canned_report() -> dict[str, Any]:
+    """One honest run of the benchmark's strategy on the bundled data, facts included, answered for every Job.
+
+    The operator recomputes each result from its facts (rbi.integrity); made-up figures would all fail.
+    """
+    import tempfile
+
+    from rbi.datasets import bundled_dataset
+    from rbi.prepare.data import load_ohlcv
+    from rbi.runner import RunRequest, execute
+
+    with tempfile.TemporaryDirectory() as scratch:
+        code = Path(scratch) / "strategy.py"
+        code.write_text(CODE)
+        data = str(bundled_dataset())
+        request = RunRequest(mode="class", code_path=str(code), params={"fast": 20, "slow": 60}, data_path=data,
+                             include_series=False)
+        report = execute(request, frame=load_ohlcv(data))
+    assert report["error"] is None and report.get("facts"), report.get("error")
+    return report
+
 TERMINAL = {"Succeeded", "NoTrades", "Failed"}
 
 
@@ -62,7 +84,7 @@ async def serve(job_seconds: float) -> None:
 
     async with ApiServer() as api, kmock.Server(api) as server:
         url = str(server.url).rstrip("/")
-        node = Kubelet(url, NAMESPACE, canned=CANNED, canned_delay=job_seconds, parallel=100_000)
+        node = Kubelet(url, NAMESPACE, canned=canned_report(), canned_delay=job_seconds, parallel=100_000)
         api["get", kmock.resource("", "v1", "pods"), kmock.subresource("log")] << node.serve_log
 
         async def stats(_: Any) -> dict[str, Any]:

@@ -221,7 +221,9 @@ class Kubelet:
         data = (configmap or {}).get("data") or {}
         if self.canned is not None:
             await asyncio.sleep(self.canned_delay)
-            report = {"mode": "class", "error": None, "stats": dict(self.canned), "execution_time": 0.01}
+            # A whole runner report (with its facts, which the operator verifies), or bare figures.
+            report = dict(self.canned) if "facts" in self.canned else \
+                {"mode": "class", "error": None, "stats": dict(self.canned), "execution_time": 0.01}
             return {"exit": 0, "reason": "Completed", "message": compact_result(report).decode(),
                     "log": RESULT_MARKER + json.dumps(report) + "\n"}
         request = json.loads(data["request.json"])

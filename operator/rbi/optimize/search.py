@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 
 from rbi.optimize.settings import OptimizationSettings, Parameter
 
@@ -20,6 +22,8 @@ _VIOLATIONS = "constraint_violations"
 
 
 _STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+# Threads of one process (rbi loop optimises ideas in parallel) must not both create Optuna's tables.
+_STORAGES_LOCK = threading.Lock()
 
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
@@ -29,13 +33,19 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     `alembic_version` table that Optuna would otherwise stamp and check, so the store is
     migrated first and Optuna's schema check is skipped (the Optuna version is pinned).
     """
-    storage = _STORAGES.get(url)
-    if storage is None:
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if url.startswith("sqlite"):
-            kwargs = {"connect_args": {"timeout": 30}}
-        storage = _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                                              skip_compatibility_check=True)
+    with _STORAGES_LOCK:
+        storage = _STORAGES.get(url)
+        if storage is None:
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if url.startswith("sqlite"):
+                kwargs = {"connect_args": {"timeout": 30}}
+            try:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=True)
+            except sqlalchemy.exc.OperationalError:
+                # Another process created Optuna's tables between its check and ours (CREATE TABLE races):
+                # they exist now, so the second attempt only finds them.
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=True)
+            _STORAGES[url] = storage
     return storage
 
 

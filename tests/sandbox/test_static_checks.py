@@ -25,7 +25,8 @@ CASES = [
     ("import ctypes\nctypes.CDLL(None).syscall(41, 2, 1, 0)\n", 1, "ctypes"),
     ("import os\nwhile True:\n    os.fork()\n", 3, "os.fork"),
     ("x = 1\nmod = __import__('os')\n", 2, "__import__"),
-    ("data = open('/etc/passwd').read()\nopen('/tmp/out', 'w').write(data)\n", 2, "open("),
+    # Plain writes are the sandbox's to confine (they land in the capped scratch); deleting is refused here.
+    ("from pathlib import Path\nPath('/sandbox/strategy.py').unlink()\n", 2, ".unlink()"),
     ("x = ().__class__.__bases__[0].__subclasses__()\n", 1, "__bases__"),
     ("import sys\n\n\nsys.modules['os'].system('id')\n", 4, "sys.modules"),
     ("import os\nprint(os.environ['OPENAI_API_KEY'])\n", 2, "os.environ"),
@@ -34,11 +35,11 @@ CASES = [
 
 @pytest.mark.parametrize(("code", "line", "needle"), CASES,
                          ids=["subprocess", "os-system", "socket", "ctypes", "fork", "dunder-import",
-                              "open-write", "subclasses", "sys-modules", "environ"])
+                              "path-unlink", "subclasses", "sys-modules", "environ"])
 def test_static_checks_reject_obvious_escapes_with_a_line(tmp_path: Path, code: str, line: int,
                                                            needle: str) -> None:
-    """Threat: the textbook escapes (subprocess, sockets, ctypes, fork, __import__, file writes,
-    interpreter internals, environment reads), caught before anything runs."""
+    """Threat: the textbook escapes (subprocess, sockets, ctypes, fork, __import__,
+    file deletion, interpreter internals, environment reads), caught before anything runs."""
     started = time.monotonic()
     with pytest.raises(PreparationFailed) as caught:
         make_run(textwrap.dedent(code), cache=tmp_path, static_checks=True)

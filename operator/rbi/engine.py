@@ -262,7 +262,10 @@ def plan_batches(runs: Sequence[PreparedRun], *, workers: int, max_size: int = M
         key = (run.code, run.mode, run.data_file, run.raw_data_file, run.limits)
         groups.setdefault(key, []).append(index)
     batches: list[list[int]] = []
-    for members in groups.values():
+    for unordered in groups.values():
+        # Samplers hand out trials in shuffled order; sorted by their parameters, trials that share an
+        # indicator setting land in the same child, where it is computed once (rbi.indicator_cache).
+        members = sorted(unordered, key=lambda i: _params_order(runs[i].params))
         count = max(min(workers, len(members)), -(-len(members) // max_size))
         size, extra = divmod(len(members), count)
         start = 0
@@ -271,6 +274,18 @@ def plan_batches(runs: Sequence[PreparedRun], *, workers: int, max_size: int = M
             batches.append(members[start:end])
             start = end
     return batches
+
+
+def _params_order(params: dict[str, Any]) -> tuple[tuple[str, int, float, str], ...]:
+    """A total order on parameter sets: numbers by value, anything else by its text."""
+    order = []
+    for name in sorted(params):
+        value = params[name]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            order.append((name, 0, float(value), ""))
+        else:
+            order.append((name, 1, 0.0, repr(value)))
+    return tuple(order)
 
 
 __all__ = ["LocalExecutor", "PreparationFailed", "PreparedRun", "SandboxUnavailable", "plan_batches", "prepare"]

@@ -16,6 +16,8 @@ from typing import Any
 from rbi.errors import SpecError
 
 METHODS = ("grid", "random", "tpe", "cmaes", "nsga2")
+# The default batch of samplers that ignore results: the engine's largest batch for one child, times two workers.
+UNGUIDED_BATCH = 128
 _KNOWN_KEYS = {"objective", "objectives", "method", "space", "constraints", "maxTrials", "maxIterations",
                "minImprovement", "validation", "seed", "target", "guards", "warmupBars", "batchSize"}
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -246,7 +248,10 @@ def parse_settings(raw: Mapping[str, Any] | None, *,
             lookahead_check=bool(guards_raw.get("lookahead", True)),
             promotion_alpha=_alpha(guards_raw.get("promotionAlpha", 0.05)),
         ),
-        batch_size=_positive_int(merged.get("batchSize"), "spec.optimization.batchSize", 8, upper=10_000),
+        # Grid and random search do not learn from results, so a batch can be as large as a sandboxed child
+        # takes (indicators are reused across a child's trials); the model-based samplers ask 8 at a time.
+        batch_size=_positive_int(merged.get("batchSize"), "spec.optimization.batchSize",
+                                 UNGUIDED_BATCH if method in ("grid", "random") else 8, upper=10_000),
         warmup_bars=_positive_int(merged.get("warmupBars"), "spec.optimization.warmupBars", 200, upper=100_000),
     )
     if method == "grid":

@@ -40,9 +40,9 @@ def executor(dataset_cache: Path) -> Iterator[LocalExecutor]:
         nap = make_run("import time\ntime.sleep(1)", cache=dataset_cache)
         for _ in range(3):
             list(ex.execute_many([nap, nap]))
-            if len(our_worker_pids()) == ex.workers:
+            if len(our_worker_pids(pool=ex.pool)) == ex.workers:
                 break
-        STARTED_WORKERS.update(our_worker_pids())
+        STARTED_WORKERS.update(our_worker_pids(pool=ex.pool))
         yield ex
 
 

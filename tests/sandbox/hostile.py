@@ -7,6 +7,7 @@ import textwrap
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rbi.engine import PreparedRun, prepare
 from rbi.outcome import FailureClass, RunOutcome, Status
@@ -94,10 +95,14 @@ def sandbox_uid_processes() -> dict[int, str]:
     return {p.pid: p.description for p in host_processes().values() if p.uid == SANDBOX_UID}
 
 
-def our_worker_pids(table: dict[int, HostProcess] | None = None) -> set[int]:
-    """The warm workers this test process started (other test runs on the machine have their own)."""
+def our_worker_pids(table: dict[int, HostProcess] | None = None, *, pool: Any = None) -> set[int]:
+    """The warm workers this test process started (other test runs on the machine have their own);
+    with `pool`, only that pool's (a pool another test module has not closed yet is not this suite's)."""
     table = table if table is not None else host_processes()
-    return {p.pid for p in table.values() if p.ppid == os.getpid() and "rbi.sandbox.worker" in p.description}
+    pids = {p.pid for p in table.values() if p.ppid == os.getpid() and "rbi.sandbox.worker" in p.description}
+    if pool is not None:
+        pids &= {worker.process.pid for worker in list(pool._workers)}
+    return pids
 
 
 def _below(pid: int, ancestors: set[int], table: dict[int, HostProcess]) -> bool:

@@ -85,7 +85,7 @@ def test_fork_bomb_does_not_starve_a_concurrent_run(executor: LocalExecutor, dat
     """
     # Both workers are warm (the fixture starts them): a worker spawned on demand would take
     # longer to start than the bomb lives.
-    assert len(our_worker_pids()) == 2
+    assert len(our_worker_pids(pool=executor.pool)) == 2
     bomb = make_run(FORK_BOMB, cache=dataset_cache, timeout_seconds=5)
     # The innocent run forks its pool a second in, when the bomb has reached its limit. It prints
     # when (CLOCK_MONOTONIC is shared with the host), to prove that the two really overlapped.

@@ -36,4 +36,4 @@ def test_pool_survives_the_hostile_suite(run_code: RunCode, executor: LocalExecu
     assert leftover_sandbox_processes({}) == {}
     # The very same worker processes as at the start: none died and none was replaced.
     assert len(STARTED_WORKERS) == executor.pool.size == 2
-    assert our_worker_pids() == STARTED_WORKERS
+    assert our_worker_pids(pool=executor.pool) == STARTED_WORKERS

@@ -513,7 +513,10 @@ class Machine:
                 continue
             name = self.study(fold, champion["code"])
             search = self.searches(name)
-            asked = search.ask(min(self.settings.batch_size, self.settings.max_trials - done))
+            wanted = min(self.settings.batch_size, self.settings.max_trials - done)
+            if self.settings.method == "grid":
+                wanted = min(wanted, self.settings.grid_size())  # never ask a grid for more points than it has
+            asked = search.ask(wanted)
             if not asked:
                 state["exhausted"].append(fold)  # every parameter set is tried: nothing new to run
                 continue

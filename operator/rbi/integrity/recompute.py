@@ -13,6 +13,7 @@ the broker step of bar i + 1 (after bar i's equity was recorded).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,8 +187,12 @@ def recompute(facts: Facts, bars: Bars) -> Recomputed:
         raise _broken(f"the run reports {facts.bars} bars, but the data it was served has {len(bars)}")
     equity = equity_curve(facts, bars)
     trades = trades_frame(facts, bars)
-    stats = compute_stats(trades=trades, equity=equity, ohlc_data=bars.frame, strategy_instance=None,
-                          risk_free_rate=0.0)
+    # compute_stats divides by zero for flat equity (a Sortino ratio of a run that never traded): the run's
+    # own report already carries its warnings; the host's recomputation must not print them into the CLI's output.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = compute_stats(trades=trades, equity=equity, ohlc_data=bars.frame, strategy_instance=None,
+                              risk_free_rate=0.0)
     return Recomputed(stats=_as_backtesting_reports(stats, trades, facts, bars), equity=equity)
 
 

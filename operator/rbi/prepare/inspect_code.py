@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from rbi.run_hooks import BACKTEST_OPTIONS
+
 __all__ = [
     "ALLOWED_MODULES",
     "Violation",
@@ -223,12 +225,6 @@ def _runs_backtest(nodes: list[ast.AST]) -> bool:
     return builds and runs
 
 
-_OPTION_NAMES = frozenset({
-    "cash", "spread", "commission", "margin", "trade_on_close", "hedging", "exclusive_orders",
-    "finalize_trades",
-})  # fmt: skip
-
-
 def _constant(node: ast.expr) -> object:
     """The value of a literal, or of simple arithmetic on literals (`0.1 / 100`); raises ValueError otherwise."""
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
@@ -261,7 +257,7 @@ def backtest_options(code: str) -> dict[str, object]:
     last = max(calls, key=lambda n: (n.lineno, n.col_offset))
     options: dict[str, object] = {}
     for keyword in last.keywords:
-        if keyword.arg not in _OPTION_NAMES:
+        if keyword.arg not in BACKTEST_OPTIONS:
             continue
         try:
             options[keyword.arg] = _constant(keyword.value)

@@ -161,6 +161,9 @@ def parse_child(stderr: str) -> dict[str, Any]:
     raise RuntimeError(f"no profile line in the child's stderr: {stderr[-2000:]}")
 
 
+_REUSABLE: Any = None  # the worker's one cgroup, reused across runs as worker.main does
+
+
 def sandbox_run(request: dict[str, Any], *, cache: Any, mountpoint: str, use_cgroups: bool,
                 baseline_vm: int, runs_in_child: int = 1) -> dict[str, Any]:
     from rbi.sandbox import worker
@@ -168,8 +171,13 @@ def sandbox_run(request: dict[str, Any], *, cache: Any, mountpoint: str, use_cgr
     PHASES.clear()
     CHILD_REPEAT["runs"] = runs_in_child
     start = time.monotonic()
-    report = worker.run_one(request, cache=cache, mountpoint=mountpoint, use_cgroups=use_cgroups,
-                            baseline_vm=baseline_vm)
+    from rbi.sandbox import cgroups
+
+    global _REUSABLE
+    if use_cgroups and _REUSABLE is None:
+        _REUSABLE = cgroups.ReusableCgroup(f"profile-{os.getpid()}")
+    report = worker.run_one(request, cache=cache, mountpoint=mountpoint,
+                            cgroup=_REUSABLE if use_cgroups else None, baseline_vm=baseline_vm)
     end = time.monotonic()
     parent_phases = list(PHASES)
     if report.get("worker_error") or not report.get("ready"):

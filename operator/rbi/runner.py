@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rbi import diagnostics
+from rbi.integrity.collect import DeferredStatistics
 from rbi.run_hooks import BACKTEST_OPTIONS, RunHooks
 
 READY_MARKER = b"RBI-READY\n"
@@ -274,6 +275,7 @@ def execute(request: RunRequest, *, frame: Any = None, loaded: LoadedModule | No
     # Data reads are served and the code's own Backtest watched in every mode: hybrid modules read
     # their CSV at import time even when the runner drives their Strategy class.
     hooks = RunHooks(request.raw_data_path or request.data_path)
+    deferred = False  # class mode: Backtest.run() left the statistics to the host (DeferredStatistics)
     try:
         _, code = _load_code(request.code_path)
         namespace: dict[str, Any] = {"__file__": request.code_path, "__builtins__": builtins}
@@ -303,18 +305,24 @@ def execute(request: RunRequest, *, frame: Any = None, loaded: LoadedModule | No
                 frame = lookahead_probe(frame, decision_row=int(request.lookahead_probe)).data
             # A hybrid that builds its own Backtest keeps its cash and commission unless the spec says otherwise.
             backtest = Backtest(frame, strategy, **_backtest_options({**hooks.last_options, **request.backtest}))
-            result_stats = backtest.run(**request.params)
+            with DeferredStatistics() as statistics:
+                result_stats = backtest.run(**request.params)
+            deferred = statistics.deferred
             report["strategy_class"] = strategy.__name__
         report["redirected_reads"] = hooks.redirects
         report["redirected_writes"] = hooks.outputs
         if result_stats is not None:
-            report["stats"] = stats_module.stats_to_dict(result_stats)
+            if not deferred:
+                # The run's own statistics, compared with the host's (a script's, or a replaced compute_stats').
+                report["stats"] = stats_module.stats_to_dict(result_stats)
             report["params"] = stats_module.json_safe(stats_module.strategy_params(result_stats))
             report["facts"] = _run_facts(hooks, result_stats, frame, script=request.mode == "script")
+            # Facts may be missing (a strategy broke its own objects): the host must then fail the run, not
+            # take it for one that never ran a backtest.
+            report["ran_backtest"] = True
             report["diagnostics"] = probe.report(result_stats)
-            if request.include_series:
-                report["equity_curve"] = stats_module.equity_curve(result_stats)
-                report["trades"] = stats_module.trades_summary(result_stats, max_trades=request.max_trades)
+            # The host builds the equity curve and trade list from its own recomputation of the facts.
+            report["series"] = request.include_series
     except SystemExit as exc:
         # Scripts call sys.exit(); a zero or empty code is a normal end.
         if exc.code not in (None, 0):
@@ -324,6 +332,7 @@ def execute(request: RunRequest, *, frame: Any = None, loaded: LoadedModule | No
         if request.mode == "script" and hooks.stats is not None:
             report["stats"] = stats_module.stats_to_dict(hooks.stats)
             report["facts"] = _run_facts(hooks, hooks.stats, frame, script=True)
+            report["ran_backtest"], report["series"] = True, request.include_series
     except BaseException as exc:
         report["error"] = classify_exception(exc, request.code_path)
     finally:
@@ -435,7 +444,8 @@ def compact_result(report: dict[str, Any], *, limit: int = TERMINATION_LIMIT) ->
     the operator to read the whole result from the pod log (the RESULT_MARKER line).
     """
     stats = report.get("stats") if isinstance(report.get("stats"), dict) else None
-    base = {"v": 1, "mode": report.get("mode"), "execution_time": report.get("execution_time")}
+    base = {"v": 1, "mode": report.get("mode"), "execution_time": report.get("execution_time"),
+            "ran_backtest": report.get("ran_backtest") is True}
     for message_chars, keys in ((2000, None), (500, KEY_STATS), (200, KEY_STATS[:5])):
         chosen = stats if keys is None or stats is None else {k: stats[k] for k in keys if k in stats}
         document = {**base, "error": _short_error(report.get("error"), message_chars), "stats": chosen,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rbi.integrity import host_dataset, verifier
 from rbi.k8s import manifests as m
 from rbi.k8s.results import marked_lines
 from rbi.prepare.extract import extract_code
@@ -33,7 +34,10 @@ def _job(tmp_path: Path, name: str, *, mode: str | None = None) -> dict[str, obj
                           capture_output=True, text=True, timeout=300, env=dict(os.environ), cwd=tmp_path, check=True)
     [result] = marked_lines(done.stdout, RESULT_MARKER)
     assert isinstance(result, dict)
-    return result
+    # As the operator takes it: the figures are the host's recomputation of the run's facts.
+    verified = verifier(host_dataset("bundled:BTC-USD-15m"), mode=chosen)(result)
+    assert verified.get("verified") is True or verified["error"] is not None, verified
+    return verified
 
 
 @pytest.mark.parametrize("mode", [None, "class"])

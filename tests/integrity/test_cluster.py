@@ -62,16 +62,42 @@ def pod_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return parsed
 
 
+@pytest.fixture(scope="module")
+def own_stats(pod_report: dict[str, Any]) -> dict[str, Any]:
+    """What backtesting.py itself gives for the same rows: the figures the host must arrive at."""
+    import warnings
+
+    from backtesting import Backtest
+
+    from rbi import stats as stats_module
+    from rbi.prepare.data import load_ohlcv
+
+    path = host_dataset("bundled:BTC-USD-15m")
+    assert path is not None
+    frame = load_ohlcv(path)
+    count = len(frame)
+    namespace: dict[str, Any] = {}
+    exec(SMA, namespace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = Backtest(frame.iloc[int(count * ROWS[0]):int(count * ROWS[1])], namespace["SmaCross"],
+                         **runner.DEFAULT_BACKTEST).run()
+    assert pod_report["stats"] is None, "class mode leaves the statistics to the host"
+    return stats_module.stats_to_dict(stats)
+
+
 def _verify() -> Any:
     return verifier(host_dataset("bundled:BTC-USD-15m"), mode="class", data_fraction=ROWS)
 
 
-def test_an_honest_job_is_recomputed_from_its_log(pod_report: dict[str, Any]) -> None:
+def test_an_honest_job_is_recomputed_from_its_log(pod_report: dict[str, Any], own_stats: dict[str, Any]) -> None:
     log = runner.RESULT_MARKER + json.dumps(pod_report) + "\n"
     outcome = run_outcome(_job(), [_pod(runner.compact_result(pod_report))], container="runner", log=log,
                           verify=_verify())
     assert outcome.status is Status.SUCCEEDED, outcome.error
-    assert outcome.stats == pod_report["stats"]
+    assert list(outcome.stats) == list(own_stats)
+    assert all(outcome.stats[k] == pytest.approx(v, rel=1e-12, abs=1e-12) if isinstance(v, float) else
+               outcome.stats[k] == v for k, v in own_stats.items())
 
 
 def test_a_full_termination_message_alone_is_not_taken(pod_report: dict[str, Any]) -> None:
@@ -82,9 +108,9 @@ def test_a_full_termination_message_alone_is_not_taken(pod_report: dict[str, Any
     assert outcome.stats == {}
 
 
-def test_forged_figures_in_the_log_fail(pod_report: dict[str, Any]) -> None:
+def test_forged_figures_in_the_log_fail(pod_report: dict[str, Any], own_stats: dict[str, Any]) -> None:
     forged = json.loads(json.dumps(pod_report))
-    forged["stats"]["return_pct"] = 98765.4
+    forged["stats"] = {**own_stats, "return_pct": 98765.4}
     log = runner.RESULT_MARKER + json.dumps(forged) + "\n"
     outcome = run_outcome(_job(), [_pod(runner.compact_result(forged))], container="runner", log=log,
                           verify=_verify())
@@ -92,9 +118,10 @@ def test_forged_figures_in_the_log_fail(pod_report: dict[str, Any]) -> None:
     assert "return_pct" in outcome.error.message
 
 
-def test_trial_lines_are_recomputed_and_compact_rows_ignored(pod_report: dict[str, Any]) -> None:
+def test_trial_lines_are_recomputed_and_compact_rows_ignored(pod_report: dict[str, Any],
+                                                             own_stats: dict[str, Any]) -> None:
     honest = {"index": 0, "report": pod_report}
-    forged = {"index": 1, "report": {**pod_report, "stats": {**pod_report["stats"], "sharpe_ratio": 42.0}}}
+    forged = {"index": 1, "report": {**pod_report, "stats": {**own_stats, "sharpe_ratio": 42.0}}}
     log = "\n".join(runner.TRIAL_MARKER + json.dumps(line) for line in (honest, forged)) + "\n"
     message = runner.compact_trials([honest, forged], ["sharpe_ratio"])
     outcomes = trial_outcomes(_job(), [_pod(message)], container="runner", logs={"p": log}, verify=_verify())

@@ -11,7 +11,7 @@ from typing import Any
 
 from rbi.engine import PreparedRun, prepare
 from rbi.outcome import FailureClass, RunOutcome, Status
-from rbi.sandbox.jail import SANDBOX_UID
+from rbi.sandbox.jail import SANDBOX_UID, STANDBY_NAME
 from rbi.sandbox.limits import SandboxLimits
 from rbi.spec import StrategySpec
 
@@ -116,6 +116,20 @@ def _below(pid: int, ancestors: set[int], table: dict[int, HostProcess]) -> bool
     return False
 
 
+def is_idle_standby(process: HostProcess, table: dict[int, HostProcess]) -> bool:
+    """The one child a worker readies for its next run (rbi.sandbox.worker.Standbys): it has run no code.
+
+    Its S and P carry the standby name until P is sent a run; P renames itself then, and S stays
+    below the worker only as long as that run lasts (the worker reaps it).
+    """
+    if f"Name={STANDBY_NAME} " not in process.description + " ":
+        return False
+    parent = table.get(process.ppid)
+    # S is the worker's child; P is S's. Neither is of the sandbox uid: the drop comes after the claim.
+    return process.uid != SANDBOX_UID and parent is not None and (
+        "rbi.sandbox.worker" in parent.description or f"Name={STANDBY_NAME} " in parent.description + " ")
+
+
 def leftover_sandbox_processes(before: dict[int, str], *, wait: float = 0.0) -> dict[int, str]:
     """Processes a finished run left behind, still there after `wait` seconds.
 
@@ -136,7 +150,7 @@ def leftover_sandbox_processes(before: dict[int, str], *, wait: float = 0.0) -> 
 
         extra = {
             p.pid: p.description for p in table.values()
-            if p.pid not in before
+            if p.pid not in before and not is_idle_standby(p, table)
             and (_below(p.pid, workers, table) or (p.uid == SANDBOX_UID and p.ppid == 1))
         }
         if not extra or time.monotonic() > deadline:

@@ -81,9 +81,9 @@ def test_hits_only_for_the_same_function_arguments_and_window(frame: Any, code_p
     assert module.band.calls == [20, 40]
     for p, report in zip(params, reports, strict=True):
         alone = runner.execute(_request(code_path, **p), frame=frame)
-        assert report["stats"] == alone["stats"], p
+        assert report["facts"] == alone["facts"], p
     # A parameter that feeds the indicator gives a different array, so different results.
-    assert reports[0]["stats"] != reports[2]["stats"]
+    assert reports[0]["facts"] != reports[2]["facts"]
 
 
 def test_a_trial_that_writes_into_its_indicator_does_not_poison_the_next(frame: Any, code_path: str) -> None:
@@ -92,8 +92,8 @@ def test_a_trial_that_writes_into_its_indicator_does_not_poison_the_next(frame: 
     reports = list(runner.execute_batch([_request(code_path, **p) for p in params], frame=frame, cache=cache))
     assert cache.hits == 1
     alone = runner.execute(_request(code_path, period=30), frame=frame)
-    assert reports[1]["stats"] == alone["stats"]
-    assert reports[0]["stats"] != alone["stats"]
+    assert reports[1]["facts"] == alone["facts"]
+    assert reports[0]["facts"] != alone["facts"]
 
 
 def test_a_different_data_window_is_a_different_key(frame: Any, code_path: str) -> None:
@@ -103,7 +103,7 @@ def test_a_different_data_window_is_a_different_key(frame: Any, code_path: str) 
     reports = list(runner.execute_batch(requests, frame=frame, cache=cache))
     assert cache.hits == 0 and cache.misses == 2
     alone = runner.execute(requests[1], frame=frame)
-    assert reports[1]["stats"] == alone["stats"]
+    assert reports[1]["facts"] == alone["facts"]
 
 
 def test_cache_keys_by_content_and_copies_both_ways() -> None:

@@ -93,7 +93,7 @@ def _bars_for(facts: Facts, served: ServedData) -> Bars:
 
 
 def _failed(report: dict[str, Any], error: IntegrityError) -> dict[str, Any]:
-    failed = {k: v for k, v in report.items() if k not in ("facts", "stats", "equity_curve", "trades")}
+    failed = {k: v for k, v in report.items() if k not in ("facts", "stats", "series", "equity_curve", "trades")}
     failed["stats"] = None
     failed["error"] = {"type": INTEGRITY_ERROR, "message": str(error)[:2000], "line": None, "detail": error.detail,
                        "traceback": ""}
@@ -111,7 +111,7 @@ def verify_report(report: dict[str, Any], *, frame: ServedData | pd.DataFrame | 
     if not isinstance(report, dict) or isinstance(report.get("error"), dict):
         return report
     raw_facts, stats = report.get("facts"), report.get("stats")
-    if raw_facts is None and stats is None:
+    if raw_facts is None and stats is None and report.get("ran_backtest") is not True:
         return report  # no backtest ran; classify says so
     try:
         if frame is None:
@@ -131,12 +131,11 @@ def verify_report(report: dict[str, Any], *, frame: ServedData | pd.DataFrame | 
                                  detail="disagreement")
     except IntegrityError as error:
         return _failed(report, error)
-    verified = {k: v for k, v in report.items() if k != "facts"}
+    verified = {k: v for k, v in report.items() if k not in ("facts", "series", "equity_curve", "trades")}
     verified["stats"] = figures
     verified["verified"] = True
-    if "equity_curve" in report:
+    if report.get("series") is True:  # asked for by the run request; built from the host's own figures only
         verified["equity_curve"] = stats_module.equity_curve(recomputed.stats)
-    if "trades" in report:
         verified["trades"] = stats_module.trades_summary(recomputed.stats, max_trades=max_trades)
     return verified
 

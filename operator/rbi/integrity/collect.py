@@ -122,3 +122,55 @@ def run_facts(backtest: Any, stats: Any, *, served: Any = None, send_frame: bool
         }
     except Exception:  # a strategy that broke its own objects gets no facts, and fails on the host
         return None
+
+
+class DeferredStatistics:
+    """backtesting's compute_stats replaced, inside the sandbox, by what the facts need.
+
+    The host recomputes every statistic from the facts anyway (rbi.integrity.recompute), so the
+    sandbox computing them too only costs time: about a tenth of a trial. What stands in returns
+    the strategy, its closed trades and the broker's final equity (Backtest.run passes compute_stats
+    exactly the equity it reports as 'Equity Final [$]'), which is all run_facts, the diagnostics
+    and the parameters read.
+
+    A strategy that replaced compute_stats itself keeps its replacement: its figures are then
+    reported and compared, so the forgery fails as what it is instead of being quietly undone.
+    """
+
+    def __init__(self) -> None:
+        self.deferred = False
+        self._previous: Any = None
+
+    def __enter__(self) -> DeferredStatistics:
+        import backtesting.backtesting as engine
+
+        self._previous = engine.compute_stats
+        if engine.compute_stats is _BACKTESTING_COMPUTE_STATS:
+            engine.compute_stats = _facts_only_stats
+            self.deferred = True
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        import backtesting.backtesting as engine
+
+        engine.compute_stats = self._previous
+
+
+def _facts_only_stats(*, trades: Any, equity: Any, ohlc_data: Any, strategy_instance: Any,
+                      risk_free_rate: float = 0.0) -> Any:
+    import pandas as pd
+
+    del ohlc_data, risk_free_rate
+    final = float(equity[-1]) if len(equity) else math.nan
+    return pd.Series({"Equity Final [$]": final, "_strategy": strategy_instance, "_trades": list(trades)},
+                     dtype=object)
+
+
+def _original_compute_stats() -> Any:
+    # Taken when this module is first imported: in the worker before any strategy code has run.
+    from backtesting._stats import compute_stats
+
+    return compute_stats
+
+
+_BACKTESTING_COMPUTE_STATS = _original_compute_stats()

@@ -26,12 +26,20 @@ def _same(reported: Any, recomputed: Any) -> bool:
 
 
 def first_disagreement(reported: Any, recomputed: dict[str, Any], *, equity_final: float | None) -> str | None:
-    """None when the report agrees with the recomputation; else a sentence naming the first difference."""
-    if not isinstance(reported, dict):
+    """None when the report agrees with the recomputation; else a sentence naming the first difference.
+
+    `reported` is None where the runner left the statistics to the host (class mode): then the
+    broker's final equity is what is compared, and it must be there.
+    """
+    if reported is not None and not isinstance(reported, dict):
         return "the run reported no statistics object"
+    if reported is None and equity_final is None:
+        return "the run reported neither statistics nor the broker's final equity"
     if equity_final is not None and not _same(equity_final, recomputed.get("equity_final")):
         return (f"the broker's final equity was {equity_final:.10g}, but its trades on the served data give "
                 f"{recomputed.get('equity_final')!r}")
+    if reported is None:
+        return None
     for key, value in recomputed.items():
         if key not in reported:
             return f"{key}: missing from the report (recomputed {value!r})"

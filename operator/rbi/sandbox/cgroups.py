@@ -117,6 +117,19 @@ class RunCgroup:
             raw = self._read("memory", "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak")
         return int(raw) if raw and raw.strip().isdigit() else None
 
+    def set_limits(self, *, memory_bytes: int, cpus: float, max_processes: int) -> None:
+        """The limits of the run a standby child was claimed for (it is in the group already).
+
+        Raises OSError when they cannot be written; the caller then starts a fresh child instead.
+        """
+        if self.version == 1:
+            _configure_v1(self.dirs, memory_bytes=memory_bytes, cpus=cpus, max_processes=max_processes)
+        else:
+            _configure_v2(self.dirs["memory"], memory_bytes=memory_bytes, cpus=cpus, max_processes=max_processes)
+        self.reset_peak()
+        self._oom_base = self._oom_count()
+        self._pids_base = self._pids_max_count()
+
     def reset_peak(self) -> None:
         """Start the peak over (between the trials of a batch); a failure leaves the running peak."""
         with contextlib.suppress(OSError, KeyError):

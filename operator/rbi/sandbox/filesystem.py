@@ -89,10 +89,11 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def build_root(plan: FilesystemPlan, *, mountpoint: str, code: str) -> None:
+def build_root(plan: FilesystemPlan, *, mountpoint: str, code: str | None) -> None:
     """Assemble the new root at `mountpoint`, then pivot into it.
 
-    Runs as root of a private mount namespace, before any strategy code.
+    Runs as root of a private mount namespace, before any strategy code. `code` None: a standby
+    jail, whose code comes later (write_code, before seal_root).
     """
     linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE)
     linux.mount("rbi-root", mountpoint, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, _ROOT_TMPFS_OPTIONS)
@@ -137,7 +138,8 @@ def build_root(plan: FilesystemPlan, *, mountpoint: str, code: str) -> None:
         _bind(plan.data_file, target)
 
     code_dir = _mkdirs(root, CODE_DIR)
-    _write(os.path.join(code_dir, "strategy.py"), code)
+    if code is not None:
+        _write(os.path.join(code_dir, "strategy.py"), code)
     _mkdirs(root, "/proc")
 
     _mkdirs(root, "/.old-root")
@@ -146,6 +148,11 @@ def build_root(plan: FilesystemPlan, *, mountpoint: str, code: str) -> None:
     os.chdir("/")
     linux.umount2("/.old-root", linux.MNT_DETACH)
     os.rmdir("/.old-root")
+
+
+def write_code(code: str) -> None:
+    """A standby jail's code, written after the pivot and before the root is sealed read-only."""
+    _write(os.path.join(CODE_DIR, "strategy.py"), code)
 
 
 def mount_proc() -> None:

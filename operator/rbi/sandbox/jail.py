@@ -22,6 +22,7 @@ import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rbi.sandbox import filesystem, landlock, linux, seccomp_filter
 from rbi.sandbox.limits import SandboxLimits
@@ -30,6 +31,7 @@ SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 HOSTNAME = "rbi-sandbox"
 RESULT_FD = 3
+STANDBY_NAME = "rbi-standby"
 
 _NAMESPACES = (
     linux.CLONE_NEWNS | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
@@ -157,32 +159,47 @@ def _close_other_fds(keep: set[int]) -> None:
 
 def enter_jail(config: JailConfig) -> None:
     """In P (PID 1 of the new namespace): everything between fork and strategy code."""
+    _build_jail(config.plan, config.mountpoint, code=config.code)
+    _seal_jail(config.limits)
+
+
+def _build_jail(plan: filesystem.FilesystemPlan, mountpoint: str, *, code: str | None) -> None:
+    """The part of the jail that does not depend on the run: its root, its /proc."""
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setsid()
-    filesystem.build_root(config.plan, mountpoint=config.mountpoint, code=config.code)
+    filesystem.build_root(plan, mountpoint=mountpoint, code=code)
     filesystem.mount_proc()
+
+
+def _seal_jail(limits: SandboxLimits) -> None:
+    """The rest, in the order that matters: seal the root, then limits, uid, Landlock, seccomp."""
     filesystem.seal_root()
     linux.sethostname(HOSTNAME)
     _close_other_fds({0, 1, 2, RESULT_FD})
     os.chdir(filesystem.SCRATCH_DIR)
-    _set_rlimits(config.limits, processes=False)
+    _set_rlimits(limits, processes=False)
     _drop_to_sandbox_user()
     # Changing the uid cleared the parent-death signal armed above; without it again, P (and the
     # whole namespace) would outlive a killed S and run on with no timeout at all.
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _limit_processes(config.limits)
+    _limit_processes(limits)
     landlock.restrict_self(_landlock_rules())
     seccomp_filter.load_filter()
     os.environ.clear()
     os.environ.update(SANDBOX_ENV)
 
 
-def _supervise(child: Callable[[], None], control_fd: int) -> None:
-    """Fork P, report its pid and, at the end, its wait status on control_fd."""
+def _supervise(child: Callable[[], None], control_fd: int, *, only_for_child: tuple[int, ...] = ()) -> None:
+    """Fork P, report its pid and, at the end, its wait status on control_fd.
+
+    only_for_child: fds that S closes once P has them (a reader S kept would hide P's death).
+    """
     pid = os.fork()
     if pid == 0:
         child()
         os._exit(124)  # child() never returns normally
+    for fd in only_for_child:
+        os.close(fd)
     os.write(control_fd, f"pid {pid}\n".encode())
     _, wait_status = os.waitpid(pid, 0)
     os.write(control_fd, f"status {wait_status}\n".encode())
@@ -227,6 +244,60 @@ def run_in_namespace(config: JailConfig, body: Callable[[], int], control_fd: in
         _die_with_worker(go_fd)
         enter_namespaces()
         _supervise(child, control_fd)
+    except BaseException as exc:
+        _setup_failed(exc, 122)
+    os._exit(0)
+
+
+def read_message(fd: int) -> dict[str, Any] | None:
+    """One length-prefixed JSON message (rbi.sandbox.protocol's framing); None when the writer closed."""
+    from rbi.sandbox import protocol
+
+    try:
+        message = protocol.read_frame(fd)
+    except (EOFError, OSError, ValueError, protocol.ProtocolError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def run_standby(plan: filesystem.FilesystemPlan, mountpoint: str, body: Callable[[dict[str, Any]], int],
+                control_fd: int, go_fd: int, request_fd: int) -> None:
+    """The whole life of a standby S: its jail is built before the run it will serve is known.
+
+    P builds the root and /proc (the slow part of entering the sandbox), then waits, still
+    before any strategy code, for the run on request_fd: its code and limits. Only then does it
+    write the code, seal the root, set the limits, drop to the sandbox user and load Landlock
+    and seccomp, exactly as enter_jail does, and run body(message). A worker that never claims
+    it closes request_fd (or dies), and P exits without running anything.
+    """
+
+    name = linux.process_name()
+
+    def child() -> None:
+        message: dict[str, Any] = {}
+        try:
+            _build_jail(plan, mountpoint, code=None)
+            claimed = read_message(request_fd)
+            os.close(request_fd)
+            if claimed is None:
+                os._exit(0)
+            message = claimed
+            linux.set_process_name(name)  # a run from here on, no longer a standby
+            filesystem.write_code(str(message["code"]))
+            _seal_jail(SandboxLimits.from_json(message["limits"]))
+        except BaseException as exc:
+            _setup_failed(exc, 121)
+        status = 70
+        try:
+            status = body(message)
+        finally:
+            os._exit(status)
+
+    try:
+        linux.set_process_name(STANDBY_NAME)  # what ps shows while it waits (P inherits it until claimed)
+        _die_with_worker(go_fd)
+        enter_namespaces()
+        _supervise(child, control_fd, only_for_child=(request_fd,))
     except BaseException as exc:
         _setup_failed(exc, 122)
     os._exit(0)

@@ -129,3 +129,20 @@ def effective_capabilities() -> int:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     return 0
+
+
+def process_name() -> str:
+    try:
+        with open("/proc/self/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def set_process_name(name: str) -> None:
+    """The name ps and /proc/<pid>/status show (at most 15 bytes); best effort."""
+    try:
+        with open("/proc/self/comm", "w") as handle:
+            handle.write(name[:15])
+    except OSError:
+        pass

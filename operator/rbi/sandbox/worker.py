@@ -215,50 +215,56 @@ def _load_frame(request: dict[str, Any], cache: FrameCache) -> tuple[Any, str | 
     return None, None
 
 
-def _spawn(request: dict[str, Any], limits: SandboxLimits, *, body: Callable[..., int], frame: Any,
-           mountpoint: str, baseline_vm: int, group: cgroups.RunCgroup | None) -> _Child:
-    """Fork S, which enters the sandbox and runs body(request, frame[, code_path]) in P."""
-    raw = request.get("raw_data_file")
-    plan = filesystem.default_plan(
+def _plan(request: dict[str, Any], limits: SandboxLimits) -> filesystem.FilesystemPlan:
+    return filesystem.default_plan(
         # Class mode too: a hybrid module reads its CSV at import time, and that read is served the dataset.
-        data_file=raw,
+        data_file=request.get("raw_data_file"),
         disk_bytes=limits.disk_bytes,
         max_files=limits.max_files,
         scratch_owner=jail.scratch_owner(),
     )
+
+
+def _address_space(limits: SandboxLimits, baseline_vm: int) -> SandboxLimits:
     # The address-space limit counts what the worker already mapped; the run gets `memory` on top.
-    as_limits = SandboxLimits.from_json({**limits.to_json(), "memory_bytes": limits.memory_bytes + baseline_vm})
-    config = jail.JailConfig(limits=as_limits, plan=plan, mountpoint=mountpoint, code=request["code"])
+    return SandboxLimits.from_json({**limits.to_json(), "memory_bytes": limits.memory_bytes + baseline_vm})
+
+
+def _fork(enter: Callable[[dict[str, int]], None], group: cgroups.RunCgroup | None, *,
+          with_request: bool = False) -> tuple[_Child, int | None]:
+    """Fork S with the run's streams on fds 0-3 and call enter(high fds) in it; the worker's side back.
+
+    with_request: one more pipe, on which a standby child is later sent the run it serves.
+    """
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
     ctl_r, ctl_w = os.pipe()
     go_r, go_w = os.pipe()
+    req_r, req_w = os.pipe() if with_request else (-1, -1)
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # S
         try:
-            high = {name: _high(fd) for name, fd in
-                    (("out", out_w), ("err", err_w), ("res", res_w), ("ctl", ctl_w), ("go", go_r))}
+            ends = [("out", out_w), ("err", err_w), ("res", res_w), ("ctl", ctl_w), ("go", go_r)]
+            high = {name: _high(fd) for name, fd in ends + ([("req", req_r)] if with_request else [])}
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(high["out"], 1)
             os.dup2(high["err"], 2)
             os.dup2(high["res"], jail.RESULT_FD)
-            for fd in (out_r, out_w, err_r, err_w, res_r, res_w, ctl_r, ctl_w, go_r, go_w, devnull,
+            for fd in (out_r, out_w, err_r, err_w, res_r, res_w, ctl_r, ctl_w, go_r, go_w, req_r, req_w, devnull,
                        high["out"], high["err"], high["res"]):
                 # 0-3 now hold the run's streams; an original pipe fd that was one of them is already replaced.
                 if fd > jail.RESULT_FD:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-            if request.get("unsafe"):
-                jail.run_unprotected(config, lambda path: body(request, frame, path), high["ctl"], high["go"])
-            else:
-                jail.run_in_namespace(config, lambda: body(request, frame), high["ctl"], high["go"])
+            enter(high)
         finally:
             os._exit(123)
-    for fd in (out_w, err_w, res_w, ctl_w, go_r):
-        os.close(fd)
+    for fd in (out_w, err_w, res_w, ctl_w, go_r, req_r):
+        if fd >= 0:
+            os.close(fd)
     setup_error = None
     if group is not None:
         try:
@@ -267,7 +273,154 @@ def _spawn(request: dict[str, Any], limits: SandboxLimits, *, body: Callable[...
             setup_error = f"could not join cgroup: {exc}"
     os.write(go_w, b"g")
     os.close(go_w)
-    return _Child(pid, out_r, err_r, res_r, ctl_r, started, setup_error)
+    return _Child(pid, out_r, err_r, res_r, ctl_r, started, setup_error), (req_w if with_request else None)
+
+
+def _spawn(request: dict[str, Any], limits: SandboxLimits, *, body: Callable[..., int], frame: Any,
+           mountpoint: str, baseline_vm: int, group: cgroups.RunCgroup | None) -> _Child:
+    """Fork S, which enters the sandbox and runs body(request, frame[, code_path]) in P."""
+    config = jail.JailConfig(limits=_address_space(limits, baseline_vm), plan=_plan(request, limits),
+                             mountpoint=mountpoint, code=request["code"])
+
+    def enter(high: dict[str, int]) -> None:
+        if request.get("unsafe"):
+            jail.run_unprotected(config, lambda path: body(request, frame, path), high["ctl"], high["go"])
+        else:
+            jail.run_in_namespace(config, lambda: body(request, frame), high["ctl"], high["go"])
+
+    child, _ = _fork(enter, group)
+    return child
+
+
+def _standby_body(message: dict[str, Any], frame: Any) -> int:
+    body = _batch_body if message["body"] == "batch" else _child_body
+    return body(message["request"], frame)
+
+
+@dataclass(slots=True)
+class _Standby:
+    """A child whose jail was built ahead of its run: it waits, before any strategy code, to be sent one."""
+
+    key: tuple[Any, ...]
+    child: _Child
+    request_w: int
+    group: cgroups.RunCgroup | None
+
+
+class Standbys:
+    """At most one standby child per worker, built while the host digests the last result.
+
+    Forking the warm worker, joining the cgroup and building the jail's root are most of a
+    sandboxed run's fixed cost; none of it depends on the strategy. After each answer the worker
+    readies the next child for the same dataset and disk limits, so a run that matches pays only
+    for the code, the limits and the privilege drop. A run that does not match discards it.
+    """
+
+    def __init__(self, *, cache: FrameCache, mountpoint: str, cgroup: cgroups.ReusableCgroup | None) -> None:
+        self.cache, self.mountpoint, self.cgroup = cache, mountpoint, cgroup
+        self.current: _Standby | None = None
+        self.claimed = 0
+
+    @staticmethod
+    def key(request: dict[str, Any], limits: SandboxLimits) -> tuple[Any, ...] | None:
+        if request.get("unsafe"):
+            return None
+        identity: list[Any] = []
+        for name in ("data_file", "raw_data_file"):
+            path = request.get(name)
+            try:
+                info = os.stat(path) if path else None
+            except OSError:
+                return None
+            identity.append((path, info.st_mtime_ns, info.st_size) if info else None)
+        return (*identity, limits.disk_bytes, limits.max_files)
+
+    def prepare(self, request: dict[str, Any]) -> None:
+        """Ready a child for a run like `request` (same data and disk limits), if none is waiting."""
+        if self.current is not None:
+            return
+        limits = SandboxLimits.from_json(request["limits"])
+        key = self.key(request, limits)
+        if key is None:
+            return
+        frame, data_error = _load_frame({**request, "mode": "class"}, self.cache)
+        if data_error is not None:
+            return
+        group = None
+        if self.cgroup is not None:
+            group = self.cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                                        max_processes=limits.max_processes)
+        plan = _plan(request, limits)
+
+        def enter(high: dict[str, int]) -> None:
+            jail.run_standby(plan, self.mountpoint, lambda message: _standby_body(message, frame), high["ctl"],
+                             high["go"], high["req"])
+
+        child, request_w = _fork(enter, group, with_request=True)
+        assert request_w is not None
+        if child.setup_error:
+            self._end(_Standby(key, child, request_w, group))
+            return
+        self.current = _Standby(key, child, request_w, group)
+
+    def take(self, request: dict[str, Any], limits: SandboxLimits, *, body: str,
+             baseline_vm: int) -> tuple[_Child, cgroups.RunCgroup | None] | None:
+        """The waiting child, sent this run, when it was built for one like it; else None (and it is gone)."""
+        standby, self.current = self.current, None
+        if standby is None:
+            return None
+        if self.key(request, limits) != standby.key or _exited(standby.child.pid):
+            self._end(standby)
+            return None
+        message = {"code": request["code"], "limits": _address_space(limits, baseline_vm).to_json(), "body": body,
+                   "request": request}
+        try:
+            if standby.group is not None:
+                standby.group.set_limits(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                                         max_processes=limits.max_processes)
+            protocol.write_frame(standby.request_w, message)
+        except OSError:  # it died waiting, or its limits cannot be set: a fresh child instead
+            self._end(standby)
+            return None
+        os.close(standby.request_w)
+        standby.child.started = time.monotonic()  # the run's clock starts now, not when the jail was built
+        self.claimed += 1
+        return standby.child, standby.group
+
+    def discard(self) -> None:
+        standby, self.current = self.current, None
+        if standby is not None:
+            self._end(standby)
+
+    def _end(self, standby: _Standby) -> None:
+        # Closing its request pipe ends P before any code (it reads EOF); kill in case it is stuck.
+        with contextlib.suppress(OSError):
+            os.close(standby.request_w)
+        child = standby.child
+        if not _exits_within_pid(child.pid, 2.0):
+            _kill(child.pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, 0)
+        for fd in (child.out_r, child.err_r, child.res_r, child.ctl_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if standby.group is not None and self.cgroup is not None:
+            self.cgroup.release(standby.group)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _exits_within_pid(pid: int, seconds: float) -> bool:
+    pidfd = os.pidfd_open(pid)
+    try:
+        return _exits_within(pidfd, seconds)
+    finally:
+        os.close(pidfd)
 
 
 def _cgroup_facts(group: cgroups.RunCgroup) -> dict[str, Any]:
@@ -276,19 +429,30 @@ def _cgroup_facts(group: cgroups.RunCgroup) -> dict[str, Any]:
 
 
 def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, cgroup: cgroups.ReusableCgroup | None,
-            baseline_vm: int) -> dict[str, Any]:
+            baseline_vm: int, standbys: Standbys | None = None) -> dict[str, Any]:
     limits = SandboxLimits.from_json(request["limits"])
     frame, data_error = _load_frame({**request, "mode": request["run"]["mode"]}, cache)
     if data_error is not None:
         return {"id": request["id"], "data_error": data_error}
-    group = None
-    if cgroup is not None:
-        group = cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
-                               max_processes=limits.max_processes)
-    child = _spawn({**request, "mode": request["run"]["mode"]}, limits, body=_child_body, frame=frame,
-                   mountpoint=mountpoint, baseline_vm=baseline_vm, group=group)
+    claimed = standbys.take(request, limits, body="single", baseline_vm=baseline_vm) if standbys else None
+    if claimed is not None:
+        child, group = claimed
+    else:
+        group = None
+        if cgroup is not None:
+            group = cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                                   max_processes=limits.max_processes)
+        child = _spawn({**request, "mode": request["run"]["mode"]}, limits, body=_child_body, frame=frame,
+                       mountpoint=mountpoint, baseline_vm=baseline_vm, group=group)
     life = _monitor(child, limits, trials=None, group=group)
+    if claimed is not None and not life.ready and life.killed is None:
+        # The standby died before it could take the run (killed while it waited): a fresh child
+        # runs it instead, so a lost standby never costs a run.
+        if group is not None and cgroup is not None:
+            cgroup.release(group)
+        return run_one(request, cache=cache, mountpoint=mountpoint, cgroup=cgroup, baseline_vm=baseline_vm)
     report = life.single_report()
+    report["standby"] = claimed is not None
     if child.setup_error:
         report["setup_error"] = child.setup_error
     if group is not None and cgroup is not None:
@@ -299,7 +463,8 @@ def run_one(request: dict[str, Any], *, cache: FrameCache, mountpoint: str, cgro
 
 
 def run_batch(request: dict[str, Any], emit: Callable[[int, dict[str, Any]], None], *, cache: FrameCache,
-              mountpoint: str, cgroup: cgroups.ReusableCgroup | None, baseline_vm: int) -> int:
+              mountpoint: str, cgroup: cgroups.ReusableCgroup | None, baseline_vm: int,
+              standbys: Standbys | None = None) -> int:
     """Run request["runs"] in as few sandboxed children as it takes; emit(index, report) for each trial.
 
     A child runs the trials in turn. When one overruns its time budget, prints too much, breaks
@@ -318,21 +483,29 @@ def run_batch(request: dict[str, Any], emit: Callable[[int, dict[str, Any]], Non
     children = 0
     while done < len(runs):
         children += 1
-        group = None
-        if cgroup is not None:
-            group = cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
-                                   max_processes=limits.max_processes)
-        child = _spawn({**request, "runs": runs[done:]}, limits, body=_batch_body, frame=frame,
-                       mountpoint=mountpoint, baseline_vm=baseline_vm, group=group)
+        rest = {**request, "runs": runs[done:]}
+        claimed = standbys.take(rest, limits, body="batch", baseline_vm=baseline_vm) if standbys else None
+        if claimed is not None:
+            child, group = claimed
+        else:
+            group = None
+            if cgroup is not None:
+                group = cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                                       max_processes=limits.max_processes)
+            child = _spawn(rest, limits, body=_batch_body, frame=frame, mountpoint=mountpoint,
+                           baseline_vm=baseline_vm, group=group)
         life = _monitor(child, limits, trials=len(runs) - done, group=group)
         settled = life.trial_reports()
         for report in settled:
+            report["standby"] = claimed is not None
             if child.setup_error:
                 report["setup_error"] = child.setup_error
             emit(done, report)
             done += 1
         if group is not None and cgroup is not None:
             cgroup.release(group)
+        if claimed is not None and not life.ready and life.killed is None and not settled:
+            continue  # the standby died while it waited: a fresh child takes the batch
         if not life.ready or child.setup_error:
             # The sandbox itself did not start: the same for every trial left, so no retry.
             report = life.failed_trial_report()
@@ -617,24 +790,38 @@ def main() -> int:
     gc.freeze()
     # One cgroup for all of this worker's runs, reset in between (cheaper than one per run).
     cgroup = cgroups.ReusableCgroup(f"run-{os.getpid()}") if use_cgroups else None
+    standbys = Standbys(cache=cache, mountpoint=mountpoint, cgroup=cgroup) if _standby_enabled() else None
     protocol.write_frame(proto_out, greeting)
     while True:
         try:
             request = protocol.read_frame(proto_in)
         except EOFError:
+            if standbys is not None:
+                standbys.discard()
             if cgroup is not None:
                 cgroup.close()
             cgroups.remove_worker_groups()
             return 0
         if "runs" in request:
             serve_batch(request, proto_out, cache=cache, mountpoint=mountpoint, cgroup=cgroup,
-                        baseline_vm=baseline_vm)
-            continue
-        try:
-            response = run_one(request, cache=cache, mountpoint=mountpoint, cgroup=cgroup, baseline_vm=baseline_vm)
-        except Exception as exc:
-            response = {"id": request.get("id"), "worker_error": f"{type(exc).__name__}: {exc}"}
-        protocol.write_frame(proto_out, response)
+                        baseline_vm=baseline_vm, standbys=standbys)
+        else:
+            try:
+                response = run_one(request, cache=cache, mountpoint=mountpoint, cgroup=cgroup,
+                                   baseline_vm=baseline_vm, standbys=standbys)
+            except Exception as exc:
+                response = {"id": request.get("id"), "worker_error": f"{type(exc).__name__}: {exc}"}
+            protocol.write_frame(proto_out, response)
+        if standbys is not None:
+            # The host is digesting the answer now: build the next run's jail meanwhile.
+            try:
+                standbys.prepare(request)
+            except Exception:  # an optimisation only; the next run then starts a child of its own
+                standbys.discard()
+
+
+def _standby_enabled() -> bool:
+    return os.environ.get("RBI_SANDBOX_STANDBY", "1") == "1"
 
 
 def serve_batch(request: dict[str, Any], proto_out: int, **options: Any) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -505,6 +506,64 @@ def _race(url: str, codes: list[str], rounds: int, barrier: Path) -> list[list[i
     return results
 
 
+_MIGRATOR = textwrap.dedent(
+    """
+    import os, sys, time
+    from rbi.store import ResultStore
+
+    home, rounds, barrier = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    open(os.path.join(barrier, f"ready-{os.getpid()}"), "w").close()
+    stores = [ResultStore(f"sqlite:///{home}/{r}/rbi.db") for r in range(rounds)]
+    for r, store in enumerate(stores):
+        while not os.path.exists(os.path.join(barrier, f"go-{r}")):
+            time.sleep(0.001)
+        # Connect before anything else so that the workers' first connections collide.
+        store.engine.connect().close()
+        store.migrate()
+        store.close()
+        open(os.path.join(barrier, f"done-{r}-{os.getpid()}"), "w").close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_processes_opening_a_fresh_sqlite_file_at_once_all_migrate(tmp_path: Path) -> None:
+    # Each round, every worker opens and migrates the same brand-new file at the same moment: the
+    # first connections to a file race to switch it to WAL, which SQLite does not queue on its own.
+    workers_count, rounds = 6, 8
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [sys.executable, "-c", _MIGRATOR, str(tmp_path / "home"), str(rounds), str(barrier)]
+    workers = [
+        subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(workers_count)
+    ]
+
+    def wait_for(pattern: str) -> None:
+        while len(list(barrier.glob(pattern))) < workers_count:
+            # A worker that failed never reaches the barrier; the others would wait for it forever.
+            failed = [worker.communicate()[1] for worker in workers if worker.poll() not in (None, 0)]
+            assert not failed, failed
+            time.sleep(0.005)
+
+    try:
+        wait_for("ready-*")
+        for r in range(rounds):
+            (barrier / f"go-{r}").touch()
+            wait_for(f"done-{r}-*")
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
+    for worker in workers:
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+    for r in range(rounds):
+        with ResultStore(f"sqlite:///{tmp_path / 'home' / str(r) / 'rbi.db'}") as store:
+            assert store.current_revision() == ResultStore.head_revision()
+
+
 @pytest.mark.slow
 def test_parallel_workers_register_and_record(db_url: str, tmp_path: Path) -> None:
     # Pairs of workers register the same codes at the same moments, on a database nobody migrated yet.
@@ -519,6 +578,30 @@ def test_parallel_workers_register_and_record(db_url: str, tmp_path: Path) -> No
     with ResultStore(db_url) as store:
         assert len(store.versions("race")) == distinct_codes * rounds
         assert count(store, "backtest_results") == len(codes) * rounds
+
+
+def test_sqlite_waits_for_a_rival_switching_a_fresh_file_to_wal(tmp_path: Path) -> None:
+    # A rival's `PRAGMA journal_mode = WAL` on a fresh file holds the rollback journal's write lock
+    # while it writes the header. Our own switch then asks for that lock while holding a read lock, and
+    # SQLite answers SQLITE_BUSY at once instead of calling the busy handler (waiting could deadlock).
+    path = tmp_path / "rbi.db"
+    rival = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        rival.execute("BEGIN IMMEDIATE")
+        rival.execute("CREATE TABLE rival (x)")
+        # Released later, from another thread: the store must wait for it, not fail.
+        release = threading.Timer(0.3, rival.execute, ["COMMIT"])
+        release.start()
+        try:
+            with ResultStore(f"sqlite:///{path}") as store:
+                store.migrate()
+                assert store.current_revision() == ResultStore.head_revision()
+                with store.engine.connect() as connection:
+                    assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        finally:
+            release.join()
+    finally:
+        rival.close()
 
 
 @pytest.mark.postgres

@@ -13,6 +13,7 @@ import math
 import numbers
 import os
 import random
+import sqlite3
 import time
 import weakref
 from collections.abc import Iterator, Mapping
@@ -323,11 +324,34 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_S * 1000}")
-        # WAL lets readers run beside the writer, so a report never stalls a worker's write.
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _sqlite_use_wal(cursor)
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _sqlite_use_wal(cursor: Any) -> None:
+    """Put the file in WAL mode, waiting up to the busy timeout for a rival connection doing the same.
+
+    WAL lets readers run beside the writer, so a report never stalls a worker's write. Switching a
+    rollback-journal file to WAL takes the write lock while this connection holds a read lock, so when
+    several processes open a fresh file at once SQLite answers SQLITE_BUSY at once to all but one,
+    without calling the busy handler (waiting could deadlock). The mode is stored in the file, so only
+    a file's first connections ever switch it; they retry here, and every later one only reads it.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    delay = 0.001
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            # Anything but lock contention (a read-only or corrupt file) surfaces as it is.
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.1)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:

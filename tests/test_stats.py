@@ -457,6 +457,66 @@ def test_trades_summary_in_bars(in_bars: pd.Series) -> None:
     assert "duration_seconds" not in first
 
 
+def _reference_trades(stats: pd.Series) -> list[dict[str, Any]]:
+    """trades_summary's definition, one json_safe per value (what the column-wise version must equal)."""
+    from rbi.stats import _TRADE_COLUMNS, _bars_value, _has_datetime_index
+
+    rows = []
+    for record in stats["_trades"][[c for c in _TRADE_COLUMNS if c in stats["_trades"]]].to_dict("records"):
+        row: dict[str, Any] = {}
+        for column, value in record.items():
+            key = _TRADE_COLUMNS[column]
+            if column == "ReturnPct":
+                pct = json_safe(value)
+                row[key] = None if not isinstance(pct, float) or not math.isfinite(pct * 100) else pct * 100 + 0.0
+            elif column == "Duration":
+                seconds = _has_datetime_index(stats)
+                row[key + ("_seconds" if seconds else "_bars")] = json_safe(value) if seconds else _bars_value(value)
+            else:
+                row[key] = json_safe(value)
+        rows.append(row)
+    return rows
+
+
+def _odd_trades(stats: pd.Series, *, tz: str | None) -> pd.Series:
+    """The same run with the values that need care: NaN and inf prices, tags of every kind, an aware index."""
+    odd = stats.copy()
+    trades = stats["_trades"].head(6).copy()
+    trades.loc[trades.index[0], "ExitPrice"] = np.nan
+    trades.loc[trades.index[1], "PnL"] = np.inf
+    trades.loc[trades.index[2], "ReturnPct"] = -np.inf
+    trades["Tag"] = pd.Series(["a", 3, 2.5, None, True, _Opaque()], index=trades.index, dtype=object)
+    if tz:
+        trades["EntryTime"] = trades["EntryTime"].dt.tz_localize(tz)
+    curve = stats["_equity_curve"].copy()
+    curve.iloc[3, curve.columns.get_loc("Equity")] = np.nan
+    if tz:
+        curve.index = curve.index.tz_localize(tz)
+    odd["_trades"], odd["_equity_curve"] = trades, curve
+    return odd
+
+
+@pytest.mark.parametrize("tz", [None, "Asia/Tokyo"])
+def test_series_serialisers_equal_one_json_safe_per_value(traded: pd.Series, in_bars: pd.Series,
+                                                          tz: str | None) -> None:
+    for stats in (traded, in_bars, _odd_trades(traded, tz=tz)):
+        assert trades_summary(stats) == _reference_trades(stats)
+        for budget in (5, 2000, len(stats["_equity_curve"]) + 1):
+            assert equity_curve(stats, max_points=budget) == _reference_curve(stats, budget)
+
+
+def _reference_curve(stats: pd.Series, max_points: int) -> list[list[Any]]:
+    """equity_curve's definition, one json_safe per value."""
+    from rbi.stats import _downsample_positions
+
+    curve = stats["_equity_curve"]
+    equity, drawdown = curve["Equity"].to_numpy(dtype=float), curve["DrawdownPct"].to_numpy(dtype=float)
+    extremes = [int(f(series)) for series in (drawdown, equity) if np.isfinite(series).any()
+                for f in (np.nanargmax, np.nanargmin)]
+    positions = _downsample_positions(len(curve), max_points, extremes)
+    return [[json_safe(curve.index[p]), json_safe(equity[p]), json_safe(-drawdown[p] * 100)] for p in positions]
+
+
 # --------------------------------------------------------------------------- json_safe
 
 

@@ -304,8 +304,31 @@ def equity_curve(stats: pd.Series, max_points: int = 2000) -> list[list[Any]]:
             extremes.append(int(np.nanargmax(series)))
             extremes.append(int(np.nanargmin(series)))
     positions = _downsample_positions(len(curve), max_points, extremes)
-    index = curve.index
-    return [[json_safe(index[p]), json_safe(equity[p]), json_safe(-drawdown[p] * 100)] for p in positions]
+    # Column at a time: a json_safe call per value was most of a report's serialisation cost.
+    times = json_column(curve.index[positions])
+    return [list(row) for row in zip(times, _float_column(equity[positions]),
+                                     _float_column(-drawdown[positions] * 100), strict=True)]
+
+
+def _float_column(values: np.ndarray) -> list[float | None]:
+    """json_safe of each float, for a float array: None for NaN and infinities, -0.0 as 0.0."""
+    return [v + 0.0 if math.isfinite(v) else None for v in values.astype(float).tolist()]
+
+
+def json_column(values: Any) -> list[Any]:
+    """[json_safe(v) for v in values], for a whole column or index at once where its dtype allows."""
+    array = values.to_numpy() if isinstance(values, pd.Series | pd.Index) else np.asarray(values)
+    kind = array.dtype.kind
+    if kind == "f":
+        return _float_column(array)
+    if kind in "iu":
+        return [int(v) for v in array.tolist()]
+    if kind == "b":
+        return [bool(v) for v in array.tolist()]
+    if kind == "M" and isinstance(values, pd.DatetimeIndex | pd.Series):
+        stamps = pd.DatetimeIndex(values)
+        return [None if stamp is pd.NaT else stamp.isoformat() for stamp in stamps]
+    return [json_safe(v) for v in (values.tolist() if hasattr(values, "tolist") else list(values))]
 
 
 _TRADE_COLUMNS: dict[str, str] = {
@@ -337,24 +360,23 @@ def trades_summary(stats: pd.Series, max_trades: int = 2000) -> list[dict[str, A
     if not isinstance(trades, pd.DataFrame) or trades.empty:
         return []
     datetime_index = _has_datetime_index(stats)
-    rows: list[dict[str, Any]] = []
-    columns = [c for c in _TRADE_COLUMNS if c in trades.columns]
-    for record in trades[columns].head(max_trades).to_dict(orient="records"):
-        row: dict[str, Any] = {}
-        for column, value in record.items():
-            key = _TRADE_COLUMNS[str(column)]
-            if column == "ReturnPct":
-                pct = json_safe(value)
-                row[key] = _finite_or_none(pct * 100) if isinstance(pct, int | float) else None
-            elif column == "Duration":
-                if datetime_index:
-                    row[key + SECONDS_SUFFIX] = json_safe(value)
-                else:
-                    row[key + BARS_SUFFIX] = _bars_value(value)
-            else:
-                row[key] = json_safe(value)
-        rows.append(row)
-    return rows
+    head = trades.head(max_trades)
+    keys: list[str] = []
+    columns: list[list[Any]] = []
+    for column in (c for c in _TRADE_COLUMNS if c in head.columns):
+        key = _TRADE_COLUMNS[column]
+        values = head[column]
+        if column == "ReturnPct":
+            converted = [_finite_or_none(v * 100) if isinstance(v, int | float) else None for v in json_column(values)]
+        elif column == "Duration" and datetime_index:
+            key, converted = key + SECONDS_SUFFIX, [json_safe(v) for v in values.tolist()]
+        elif column == "Duration":
+            key, converted = key + BARS_SUFFIX, [_bars_value(v) for v in values.tolist()]
+        else:
+            converted = json_column(values)
+        keys.append(key)
+        columns.append(converted)
+    return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 # --------------------------------------------------------------------------- printed text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from rbi.agents.fixers import (
     fix_for_failure,
     package,
 )
+from rbi.integrity import verify_report
 from rbi.prepare.data import load_ohlcv
 from rbi.prepare.inspect_code import check_code
-from rbi.integrity import verify_report
 from rbi.runner import RunRequest, encode_report, execute
 
 REPO = Path(__file__).resolve().parents[2]

@@ -261,17 +261,16 @@ def read_message(fd: int) -> dict[str, Any] | None:
 
 
 def run_standby(plan: filesystem.FilesystemPlan, mountpoint: str, body: Callable[[dict[str, Any]], int],
-                control_fd: int, go_fd: int, request_fd: int) -> None:
+                control_fd: int, go_fd: int, request_fd: int, *, run_name: str) -> None:
     """The whole life of a standby S: its jail is built before the run it will serve is known.
 
     P builds the root and /proc (the slow part of entering the sandbox), then waits, still
     before any strategy code, for the run on request_fd: its code and limits. Only then does it
     write the code, seal the root, set the limits, drop to the sandbox user and load Landlock
     and seccomp, exactly as enter_jail does, and run body(message). A worker that never claims
-    it closes request_fd (or dies), and P exits without running anything.
+    it closes request_fd (or dies), and P exits without running anything. S and P carry the
+    STANDBY_NAME they were forked with (see rbi.sandbox.worker.Standbys) until P is claimed.
     """
-
-    name = linux.process_name()
 
     def child() -> None:
         message: dict[str, Any] = {}
@@ -282,7 +281,7 @@ def run_standby(plan: filesystem.FilesystemPlan, mountpoint: str, body: Callable
             if claimed is None:
                 os._exit(0)
             message = claimed
-            linux.set_process_name(name)  # a run from here on, no longer a standby
+            linux.set_process_name(run_name)  # a run from here on, no longer a standby
             filesystem.write_code(str(message["code"]))
             _seal_jail(SandboxLimits.from_json(message["limits"]))
         except BaseException as exc:
@@ -294,7 +293,6 @@ def run_standby(plan: filesystem.FilesystemPlan, mountpoint: str, body: Callable
             os._exit(status)
 
     try:
-        linux.set_process_name(STANDBY_NAME)  # what ps shows while it waits (P inherits it until claimed)
         _die_with_worker(go_fd)
         enter_namespaces()
         _supervise(child, control_fd, only_for_child=(request_fd,))

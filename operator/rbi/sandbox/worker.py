@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rbi.sandbox import cgroups, filesystem, frames, jail, protocol
+from rbi.sandbox import cgroups, filesystem, frames, jail, linux, protocol
 from rbi.sandbox.capture import BoundedCapture
 from rbi.sandbox.limits import SandboxLimits
 
@@ -351,12 +351,19 @@ class Standbys:
             group = self.cgroup.acquire(memory_bytes=limits.memory_bytes, cpus=limits.cpus,
                                         max_processes=limits.max_processes)
         plan = _plan(request, limits)
+        run_name = linux.process_name()
 
         def enter(high: dict[str, int]) -> None:
             jail.run_standby(plan, self.mountpoint, lambda message: _standby_body(message, frame), high["ctl"],
-                             high["go"], high["req"])
+                             high["go"], high["req"], run_name=run_name)
 
-        child, request_w = _fork(enter, group, with_request=True)
+        # Named before the fork, so the child is never seen as anything but a standby (ps, the tests' checks
+        # that a finished run left no process behind); the worker takes its own name back at once.
+        linux.set_process_name(jail.STANDBY_NAME)
+        try:
+            child, request_w = _fork(enter, group, with_request=True)
+        finally:
+            linux.set_process_name(run_name)
         assert request_w is not None
         if child.setup_error:
             self._end(_Standby(key, child, request_w, group))

@@ -527,9 +527,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="which shard of the trials to run (default: $JOB_COMPLETION_INDEX, else 0)")
     parser.add_argument("--scratch", help="writable directory for a plain-CSV copy of a compressed dataset")
     args = parser.parse_args(argv)
-    from rbi.compat import pandas_ta
+    from rbi.compat import backtesting_speedups, pandas_ta
 
     pandas_ta.install()  # `import pandas_ta` in strategies: pandas-ta-classic, as in the local worker
+    backtesting_speedups.install()  # the same result-identical fast paths as the local worker's
     with open(args.request, encoding="utf-8") as handle:
         raw_request = json.load(handle)
     fraction = raw_request.pop("data_fraction", None)

@@ -47,6 +47,9 @@ def _preload() -> None:
     from rbi.compat import pandas_ta
 
     pandas_ta.install(warm=True)  # `import pandas_ta` in strategies: pandas-ta-classic, loaded before the fork
+    from rbi.compat import backtesting_speedups
+
+    backtesting_speedups.install()  # result-identical fast paths in backtesting's bar loop, before any strategy
     _warm_up()
     from rbi.sandbox import seccomp_filter
 

@@ -252,8 +252,6 @@ class LocalExecutor:
 
 
 MAX_BATCH = 64
-SHARES_PER_WORKER = 3
-MIN_SHARE = 4  # trials; a smaller share pays its child's start-up and indicators for too little
 
 
 def plan_batches(runs: Sequence[PreparedRun], *, workers: int, max_size: int = MAX_BATCH) -> list[list[int]]:
@@ -268,10 +266,7 @@ def plan_batches(runs: Sequence[PreparedRun], *, workers: int, max_size: int = M
         # Samplers hand out trials in shuffled order; sorted by their parameters, trials that share an
         # indicator setting land in the same child, where it is computed once (rbi.indicator_cache).
         members = sorted(unordered, key=lambda i: _params_order(runs[i].params))
-        # A few shares per worker, handed out as workers free up: trials differ in cost (a fast moving average
-        # trades far more), and one share per worker would leave a core idle while the costly corner finishes.
-        count = max(min(workers, len(members)), min(workers * SHARES_PER_WORKER, len(members) // MIN_SHARE),
-                    -(-len(members) // max_size))
+        count = max(min(workers, len(members)), -(-len(members) // max_size))
         size, extra = divmod(len(members), count)
         start = 0
         for part in range(count):

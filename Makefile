@@ -31,6 +31,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_execution.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_speedups.py
 	$(BIN)/python benchmarks/bench_optimize.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_promotion.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_loop.py --out benchmarks/results
